@@ -1,0 +1,323 @@
+"""PivotMerge: Shared-space Decomposition and Filtering (SDF) + Alignment-guided Layer-wise Merging (ALM).
+
+Our reading of the abstract of Shao et al. (arXiv 2604.22823); every choice is an option, and
+docs/method.md gives the equations. Per projector layer l (parameters sharing the prefix before the
+last '.', e.g. ``0.weight`` + ``0.bias``), with the K task vectors of the layer flattened and stacked
+into S_l (K x D_l; the bias is simply more coordinates of its layer, so 1-D tensors need no special case):
+
+SDF (``sdf=true``)
+  * Decomposition: thin SVD  S = P diag(sigma) Q^T  via the K x K Gram matrix G = S S^T (exact, costs
+    O(K^2 D); no D x D or m x m factorisation). The shared subspace is span(q_1..q_r), r chosen by
+    ``rank_mode='ratio'`` (r = ceil(rank_ratio * numerical rank)) or ``'energy'`` (smallest r whose
+    sum sigma_i^2 reaches the fraction ``energy``). Expert k's shared coordinates are
+    c_{k,i} = P_{k,i} sigma_i; its shared part is sum_i c_{k,i} q_i and its domain-specific remainder
+    rho_k = tau_k - shared part.
+  * Filtering (``filter``): ``none`` -> shared coordinate = mean_k c_{k,i}; ``sign`` -> per shared
+    direction elect sign(sum_k c_{k,i}) and average only the agreeing coordinates (disjoint mean), a
+    direction whose agreement |sum_k c_{k,i}| / sum_k |c_{k,i}| is below ``filter_threshold`` is
+    suppressed; ``cosine`` -> drop the shared part of every expert whose coordinate vector c_k has cosine
+    < ``filter_threshold`` with the mean coordinate vector, average the rest.
+    So the shared alignment is counted once (a mean), not K times (a sum).
+  * Remainders: each rho_k trimmed per tensor to its top ``remainder_density`` fraction by magnitude
+    (small-magnitude noise), then summed (domain-specific parts add, they are not averaged away).
+  * Delta_l = sum_i cbar_i q_i + sum_k trim(rho_k).
+  Without SDF (``sdf=false``): Delta_l = sum_k tau_k (Task Arithmetic's update; filter and
+  remainder_density are then ignored).
+
+ALM (``alm``)
+  * ``off``: w_l = 1.
+  * ``proxy`` (data-free): score s_l = agreement ||sum_k tau_k||^2 / (K sum_k ||tau_k||^2) in [0, 1]
+    (``alm_proxy='agreement'``) or the shared-energy ratio (``'shared_energy'``).
+  * ``data``: ``calibration_loss(state_dict) -> float`` (lower = better alignment) is evaluated on the
+    merged projector with layer l's update removed (``alm_probe='remove'``: gain_l = L(without l) - L(all))
+    or on the pivot with only layer l's update applied (``'apply'``: gain_l = L(pivot) - L(pivot + l));
+    s_l = gain_l / max_l |gain_l|.
+  * weights: w_l = lo + (hi - lo) * softmax(s / temperature)_l / max_l softmax(s / temperature)_l
+    = lo + (hi - lo) * exp((s_l - max s) / temperature), with [lo, hi] = ``weight_range``.
+theta_l = pivot_l + lam * w_l * Delta_l.
+
+Reductions (tested): sdf=false, alm=off is exactly ``task_arithmetic`` with the same lam; sdf=true,
+rank_ratio=1, filter=none, alm=off, lam=1 is weight averaging (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from baselines.task_arithmetic import apply_update, summed_task_vector
+from baselines.ties import kth_largest
+from pivotmerge.merging import (
+    MergeConfigError,
+    MergeInputError,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_number,
+    diag_layer,
+    finalize,
+    float_keys,
+    group_layers,
+    register,
+    stacked_task_vector,
+    validate_inputs,
+)
+
+NAME = "pivotmerge"
+RANK_MODES = ("ratio", "energy")
+FILTERS = ("none", "sign", "cosine")
+ALM_MODES = ("off", "data", "proxy")
+ALM_PROXIES = ("agreement", "shared_energy")
+ALM_PROBES = ("remove", "apply")
+_CHUNK = 1 << 20  # columns per float64 Gram chunk
+_RANK_TOL = 1e-6  # relative singular-value tolerance of the numerical rank
+
+
+def _gram(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]], keys: Sequence[str]) -> Tensor:
+    """G = S S^T (K x K, float64) of the layer's stacked task vectors, accumulated in column chunks."""
+    k = len(experts)
+    g = torch.zeros(k, k, dtype=torch.float64)
+    for key in keys:
+        tau = stacked_task_vector(pivot, experts, key).reshape(k, -1)
+        for j in range(0, tau.shape[1], _CHUNK):
+            c = tau[:, j : j + _CHUNK].double()
+            g += c @ c.T
+        del tau
+    return g
+
+
+def _spectrum(g: Tensor) -> tuple[Tensor, Tensor, int]:
+    """(P, sigma, numerical rank) of S from its Gram matrix, singular values in descending order."""
+    evals, evecs = torch.linalg.eigh(g)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    sigma = evals.clamp(min=0).sqrt()
+    rank = int((sigma > sigma[0] * _RANK_TOL).sum()) if sigma[0] > 0 else 0
+    return evecs, sigma, rank
+
+
+def _shared_rank(sigma: Tensor, rank: int, rank_mode: str, rank_ratio: float, energy: float) -> int:
+    if rank == 0:
+        return 0
+    if rank_mode == "ratio":
+        return min(rank, math.ceil(rank_ratio * rank - 1e-9))
+    e = (sigma[:rank] ** 2).cumsum(0)
+    e = e / e[-1]
+    if energy <= 0:
+        return 0
+    return min(rank, int((e < energy - 1e-12).sum()) + 1)
+
+
+def _filter_shared(c: Tensor, mode: str, threshold: float, rec: dict) -> Tensor:
+    """Merged shared coordinates cbar (r,) from the experts' coordinates c (K x r)."""
+    if c.shape[1] == 0:
+        return c.new_zeros(0)
+    if mode == "none":
+        return c.mean(0)
+    if mode == "sign":
+        vote = c.sum(0)
+        agree = torch.where(vote >= 0, c > 0, c < 0)
+        cbar = (c * agree).sum(0) / agree.sum(0).clamp(min=1)
+        agreement = vote.abs() / c.abs().sum(0).clamp(min=torch.finfo(c.dtype).tiny)
+        suppressed = agreement < threshold
+        cbar = torch.where(suppressed, torch.zeros_like(cbar), cbar)
+        rec["shared_direction_agreement"] = agreement.tolist()
+        rec["shared_directions_suppressed"] = int(suppressed.sum())
+        rec["shared_coords_dropped_fraction"] = float(1 - agree.double().mean())
+        return cbar
+    # cosine: expert-level agreement with the consensus coordinate vector
+    m = c.mean(0)
+    cos = (c @ m) / (c.norm(dim=1) * m.norm()).clamp(min=torch.finfo(c.dtype).tiny)
+    keep = cos >= threshold
+    rec["expert_cosine_to_consensus"] = cos.tolist()
+    rec["experts_kept_in_shared"] = int(keep.sum())
+    return c[keep].mean(0) if bool(keep.any()) else torch.zeros_like(m)
+
+
+def _layer_weights(scores: dict[str, float], temperature: float, lo: float, hi: float) -> dict[str, float]:
+    if not scores:
+        return {}
+    s = torch.tensor(list(scores.values()), dtype=torch.float64)
+    p = torch.softmax(s / temperature, 0)
+    w = lo + (hi - lo) * p / p.max()
+    return dict(zip(scores, w.tolist()))
+
+
+def _call_loss(calibration_loss: Callable, sd: dict[str, Tensor], what: str) -> float:
+    value = calibration_loss(sd)
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as e:
+        raise MergeInputError(f"{NAME}: calibration_loss returned {value!r} for {what}, expected a float") from e
+    if not math.isfinite(value):
+        raise MergeInputError(f"{NAME}: calibration_loss returned {value} for {what}")
+    return value
+
+
+@register(NAME)
+def pivotmerge_merge(
+    pivot: Mapping[str, Tensor],
+    experts: Sequence[Mapping[str, Tensor]],
+    *,
+    sdf: bool = True,
+    rank_mode: str = "ratio",
+    rank_ratio: float = 0.5,
+    energy: float = 0.9,
+    filter: str = "sign",  # noqa: A002 - option name of the config
+    filter_threshold: float = 0.0,
+    remainder_density: float = 0.5,
+    alm: str = "proxy",
+    alm_proxy: str = "agreement",
+    alm_probe: str = "remove",
+    temperature: float = 0.5,
+    weight_range: Sequence[float] = (0.5, 1.0),
+    lam: float = 1.0,
+    calibration_loss: Callable[[dict[str, Tensor]], float] | None = None,
+    diagnostics: dict | None = None,
+) -> dict[str, Tensor]:
+    """PivotMerge (see the module docstring and docs/method.md for the equations and each option)."""
+    sdf = check_bool(NAME, "sdf", sdf)
+    rank_mode = check_choice(NAME, "rank_mode", rank_mode, RANK_MODES)
+    rank_ratio = check_fraction(NAME, "rank_ratio", rank_ratio)
+    energy = check_fraction(NAME, "energy", energy)
+    filter_mode = check_choice(NAME, "filter", filter, FILTERS)
+    filter_threshold = check_number(NAME, "filter_threshold", filter_threshold)
+    if filter_mode == "sign" and not 0.0 <= filter_threshold <= 1.0:
+        raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [0, 1] for filter=sign")
+    if filter_mode == "cosine" and not -1.0 <= filter_threshold <= 1.0:
+        raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [-1, 1] for filter=cosine")
+    remainder_density = check_fraction(NAME, "remainder_density", remainder_density)
+    alm = check_choice(NAME, "alm", alm, ALM_MODES)
+    alm_proxy = check_choice(NAME, "alm_proxy", alm_proxy, ALM_PROXIES)
+    alm_probe = check_choice(NAME, "alm_probe", alm_probe, ALM_PROBES)
+    temperature = check_number(NAME, "temperature", temperature, minimum=0.0, exclusive_minimum=True)
+    try:
+        lo, hi = (float(x) for x in weight_range)
+    except (TypeError, ValueError) as e:
+        raise MergeConfigError(f"{NAME}: weight_range must be two numbers [lo, hi], got {weight_range!r}") from e
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
+        raise MergeConfigError(f"{NAME}: weight_range={[lo, hi]} must satisfy 0 <= lo <= hi")
+    lam = check_number(NAME, "lam", lam)
+    if alm == "data" and calibration_loss is None:
+        raise MergeConfigError(
+            f"{NAME}: alm=data needs a calibration_loss (a function state_dict -> loss on a calibration "
+            "batch, supplied by the pipeline); use alm=proxy for the data-free variant"
+        )
+    if calibration_loss is not None and not callable(calibration_loss):
+        raise MergeConfigError(f"{NAME}: calibration_loss must be callable")
+    validate_inputs(pivot, experts, min_experts=1, method=NAME)
+
+    n_exp = len(experts)
+    layers = group_layers(float_keys(pivot))
+    delta: dict[str, Tensor] = {}
+    proxy_scores: dict[str, float] = {}
+    for layer, keys in layers.items():
+        rec = diag_layer(diagnostics, layer)
+        g = _gram(pivot, experts, keys)
+        p_mat, sigma, rank = _spectrum(g)
+        r = _shared_rank(sigma, rank, rank_mode, rank_ratio, energy)
+        energy_total = float((sigma**2).sum())
+        shared_energy = float((sigma[:r] ** 2).sum()) / energy_total if energy_total > 0 else 0.0
+        agreement = float(g.sum() / (n_exp * g.trace())) if float(g.trace()) > 0 else 0.0
+        proxy_scores[layer] = agreement if alm_proxy == "agreement" else shared_energy
+        rec.update(
+            stack_singular_values=sigma.tolist(),
+            numerical_rank=rank,
+            shared_rank=r,
+            shared_energy_ratio=shared_energy,
+            agreement=agreement,
+        )
+        if not sdf:
+            for key in keys:
+                delta[key] = summed_task_vector(pivot, experts, key)
+            continue
+        # coefficient vectors over experts: shared update = a^T S, remainder_k = (M S)_k
+        p_r, s_r = p_mat[:, :r], sigma[:r]
+        cbar = _filter_shared(p_r * s_r, filter_mode, filter_threshold, rec)
+        a = p_r @ (cbar / s_r) if r > 0 else torch.zeros(n_exp, dtype=torch.float64)
+        has_remainder = r < rank
+        m = torch.eye(n_exp, dtype=torch.float64) - p_r @ p_r.T
+        trim = has_remainder and remainder_density < 1.0
+        v = a + (m.sum(0) if has_remainder and not trim else 0.0)
+        for key in keys:
+            tau = stacked_task_vector(pivot, experts, key)
+            shape = tau.shape[1:]
+            tau = tau.reshape(n_exp, -1)
+            upd = v.to(tau.dtype) @ tau
+            if trim:
+                rho = m.to(tau.dtype) @ tau
+                del tau
+                thr = kth_largest(rho.abs(), int(remainder_density * rho.shape[1]))
+                rho.masked_fill_(rho.abs() < thr, 0.0)
+                upd += rho.sum(0)
+                del rho
+            delta[key] = upd.reshape(shape)
+
+    # ---- ALM
+    if alm == "off":
+        weights = {layer: 1.0 for layer in layers}
+        scores: dict[str, float] = {}
+    else:
+        if alm == "proxy":
+            scores = proxy_scores
+        else:
+            scores = _data_scores(pivot, layers, delta, lam, alm_probe, calibration_loss, diagnostics)
+        weights = _layer_weights(scores, temperature, lo, hi)
+    merged = {}
+    for layer, keys in layers.items():
+        diag_layer(diagnostics, layer).update(layer_weight=weights[layer], alm_score=scores.get(layer))
+        for key in keys:
+            merged[key] = apply_update(pivot[key], delta.pop(key), lam * weights[layer])
+    if diagnostics is not None:
+        diagnostics.update(
+            method=NAME,
+            options=dict(
+                sdf=sdf, rank_mode=rank_mode, rank_ratio=rank_ratio, energy=energy, filter=filter_mode,
+                filter_threshold=filter_threshold, remainder_density=remainder_density, alm=alm,
+                alm_proxy=alm_proxy, alm_probe=alm_probe, temperature=temperature, weight_range=[lo, hi], lam=lam,
+            ),
+            layer_weights=dict(weights),
+        )
+    return finalize(pivot, merged)
+
+
+def _data_scores(
+    pivot: Mapping[str, Tensor],
+    layers: dict[str, list[str]],
+    delta: dict[str, Tensor],
+    lam: float,
+    probe: str,
+    calibration_loss: Callable,
+    diagnostics: dict | None,
+) -> dict[str, float]:
+    """Per-layer loss gains of the merged update, normalised to [-1, 1] by the largest |gain|."""
+    full = finalize(pivot, {k: apply_update(pivot[k], d, lam) for k, d in delta.items()})
+    gains: dict[str, float] = {}
+    if probe == "remove":
+        base = _call_loss(calibration_loss, full, "the merged projector")
+        for layer, keys in layers.items():
+            sd = dict(full)
+            for k in keys:
+                sd[k] = pivot[k]
+            loss = _call_loss(calibration_loss, sd, f"the merged projector without layer {layer!r}")
+            gains[layer] = loss - base
+            diag_layer(diagnostics, layer).update(alm_loss_probe=loss, alm_loss_reference=base)
+    else:
+        base = _call_loss(calibration_loss, dict(pivot), "the pivot")
+        for layer, keys in layers.items():
+            sd = dict(pivot)
+            for k in keys:
+                sd[k] = full[k]
+            loss = _call_loss(calibration_loss, sd, f"the pivot with layer {layer!r} merged")
+            gains[layer] = base - loss
+            diag_layer(diagnostics, layer).update(alm_loss_probe=loss, alm_loss_reference=base)
+    scale = max((abs(x) for x in gains.values()), default=0.0)
+    for layer, gain in gains.items():
+        diag_layer(diagnostics, layer)["alm_loss_gain"] = gain
+    return {layer: (gain / scale if scale > 0 else 0.0) for layer, gain in gains.items()}
+
+
+__all__: list[Any] = ["pivotmerge_merge"]
