@@ -1,0 +1,104 @@
+"""Reading and writing state dicts (safetensors or torch pickles, chosen by file extension).
+
+* ``.safetensors``                  -> safetensors
+* ``.bin``, ``.pt``, ``.pth``, ``.ckpt`` -> ``torch.load(weights_only=True)`` / ``torch.save``
+
+Writes are atomic: the data goes to a temporary file in the target directory, then ``os.replace``;
+on any error the temporary file is removed, so no partial output is ever left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pivotmerge.errors import PivotMergeError
+
+SAFETENSORS_EXT = (".safetensors",)
+TORCH_EXT = (".bin", ".pt", ".pth", ".ckpt")
+
+
+class CheckpointError(PivotMergeError):
+    """A state-dict file is missing, unreadable, corrupt or of an unsupported format."""
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_EXT:
+        return "safetensors"
+    if suffix in TORCH_EXT:
+        return "torch"
+    raise CheckpointError(
+        f"{path}: unsupported extension {suffix or '(none)'!r}; use one of "
+        f"{', '.join(SAFETENSORS_EXT + TORCH_EXT)}"
+    )
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Load a flat ``{name: tensor}`` state dict (a ``{'state_dict': {...}}`` wrapper is unwrapped)."""
+    path = Path(path)
+    kind = _kind(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt / truncated / not a checkpoint: one clear message
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read {kind} state dict ({msg})") from e
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor; expected a flat state dict")
+    if not obj:
+        raise CheckpointError(f"{path}: state dict is empty")
+    return dict(obj)
+
+
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -> Path:
+    """Atomically write ``state_dict`` to ``path`` (format by extension); returns the path."""
+    path = Path(path)
+    kind = _kind(path)
+    sd = {}
+    for k, v in state_dict.items():
+        if not isinstance(v, Tensor):
+            raise CheckpointError(f"{path}: entry {k!r} is not a tensor")
+        # fresh contiguous copies: safetensors rejects shared/non-contiguous storage
+        sd[k] = v.detach().cpu().contiguous().clone()
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise CheckpointError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(sd, tmp)
+        else:
+            torch.save(sd, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, (KeyboardInterrupt, SystemExit, PivotMergeError)):
+            raise
+        raise CheckpointError(f"{path}: cannot write {kind} state dict ({e})") from e
+    return path
+
+
+__all__ = ["CheckpointError", "load_state_dict", "save_state_dict"]
