@@ -39,6 +39,17 @@ def _kind(path: Path) -> str:
     )
 
 
+def _reason(e: Exception) -> str:
+    """A short reason from a loader exception (torch's weights_only messages are long)."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        tail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        detail = tail[0].strip() if tail and tail[0].strip() else "unsupported content"
+        return f"not a plain tensor checkpoint or corrupt: {detail}"
+    first = text.split(". ")[0].splitlines()[0] if text else type(e).__name__
+    return first
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Load a flat ``{name: tensor}`` state dict (a ``{'state_dict': {...}}`` wrapper is unwrapped)."""
     path = Path(path)
@@ -53,8 +64,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt / truncated / not a checkpoint: one clear message
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read {kind} state dict ({msg})") from e
+        raise CheckpointError(f"{path}: cannot read {kind} state dict ({_reason(e)})") from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
