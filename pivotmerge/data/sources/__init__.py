@@ -1,0 +1,1 @@
+"""One adapter per data source. Each is selected by `_target_` in `conf/data/source/<name>.yaml`."""

@@ -1,0 +1,94 @@
+"""Stage 1 (data): each source's examples, split deterministically and saved as an HF dataset on disk."""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.utils import instantiate
+
+from pivotmerge.data.sources.base import DataSource, Example
+from pivotmerge.errors import ConfigError, DataError
+from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitSizes:
+    train: int
+    val: int
+    test: int
+
+
+def build_source(source_cfg) -> DataSource:
+    try:
+        source = instantiate(source_cfg)
+    except Exception as exc:  # hydra wraps import errors and bad kwargs in its own exceptions
+        raise ConfigError(f"cannot build data source from {source_cfg.get('_target_')!r}: {exc}") from exc
+    if not isinstance(source, DataSource):
+        raise ConfigError(f"{source_cfg.get('_target_')!r} is not a DataSource adapter")
+    return source
+
+
+def stratified_split(examples: list[Example], sizes: SplitSizes, seed: int) -> dict[str, list[Example]]:
+    """Shuffle within each label, interleave labels, then cut test, val and train in that order.
+
+    Test and val are therefore label-balanced, fixed by `seed` (the data seed, not the run seed), and
+    disjoint from train.
+    """
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        by_label[example.label].append(example)
+    rng = random.Random(seed)
+    queues = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        queues.append(group)
+    interleaved = [q[i] for i in range(max(len(q) for q in queues)) for q in queues if i < len(q)]
+    need = sizes.test + sizes.val + 1
+    if len(interleaved) < need:
+        raise DataError(f"source has {len(interleaved)} examples, fewer than test+val+1 = {need}: lower "
+                        "data.split sizes or give the source more examples")
+    test = interleaved[:sizes.test]
+    val = interleaved[sizes.test:sizes.test + sizes.val]
+    train = interleaved[sizes.test + sizes.val:][:sizes.train]
+    return {"train": train, "val": val, "test": test}
+
+
+def data_spec(name: str, source_cfg, split_cfg) -> dict:
+    return {"name": name, "source": source_cfg, "split": split_cfg}
+
+
+def run_data_stage(store: ArtifactStore, name: str, source_cfg, split_cfg) -> Artifact:
+    """Build (or reuse) the HF DatasetDict of one source: columns image, label, source, index."""
+    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value
+
+    spec = data_spec(name, source_cfg, split_cfg)
+    key = content_key("data", spec)
+    if store.exists("data", key):
+        return Artifact("data", key, store.folder("data", key), reused=True)
+    source = build_source(source_cfg)
+    sizes = SplitSizes(int(split_cfg.train), int(split_cfg.val), int(split_cfg.test))
+    splits = stratified_split(source.examples(), sizes, int(split_cfg.seed))
+    features = Features({"image": ImageFeature(), "label": Value("string"), "source": Value("string"),
+                         "index": Value("int32")})
+    dataset = DatasetDict({
+        split: Dataset.from_dict({"image": [e.image for e in rows], "label": [e.label for e in rows],
+                                  "source": [name] * len(rows), "index": list(range(len(rows)))},
+                                 features=features)
+        for split, rows in splits.items()})
+    staging = store.begin("data", key)
+    dataset.save_to_disk(str(staging / "dataset"))
+    return Artifact("data", key, store.commit("data", key, spec), reused=False)
+
+
+def load_dataset_dict(folder: Path):
+    from datasets import load_from_disk
+
+    try:
+        return load_from_disk(str(Path(folder) / "dataset"))
+    except Exception as exc:
+        raise DataError(f"cannot read the dataset in {folder}: {exc}; delete that folder to rebuild it") from exc

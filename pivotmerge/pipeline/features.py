@@ -1,0 +1,63 @@
+"""Stage 2 (features): run the frozen vision tower once per (tower, dataset) and cache visual tokens."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pivotmerge.errors import CacheError
+from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
+from pivotmerge.pipeline.data import SPLITS, load_dataset_dict
+
+
+@dataclass
+class SourceFeatures:
+    """Cached visual tokens and labels of one source, per split."""
+
+    name: str
+    features: dict[str, torch.Tensor]  # split -> [N, T, D]
+    labels: dict[str, list[str]]
+
+
+def feature_spec(vision_cfg, data_key: str) -> dict:
+    return {"vision": vision_cfg, "data": data_key}
+
+
+def run_features_stage(store: ArtifactStore, name: str, data_artifact: Artifact, vision_cfg, tower_factory,
+                       batch_size: int = 64) -> Artifact:
+    spec = feature_spec(vision_cfg, data_artifact.key)
+    key = content_key("features", spec)
+    if store.exists("features", key):
+        return Artifact("features", key, store.folder("features", key), reused=True)
+    tower = tower_factory()
+    dataset = load_dataset_dict(data_artifact.path)
+    staging = store.begin("features", key)
+    for split in SPLITS:
+        rows = dataset[split]
+        chunks = []
+        for start in tqdm(range(0, len(rows), batch_size), desc=f"features {name}/{split}", leave=False):
+            batch = rows[start:start + batch_size]
+            chunks.append(tower.encode_images(batch["image"]).to(torch.float32))
+        save_file({"features": torch.cat(chunks)}, str(staging / f"{split}.safetensors"))
+        (staging / f"{split}.labels.json").write_text(json.dumps(list(rows["label"])))
+    return Artifact("features", key, store.commit("features", key, spec), reused=False)
+
+
+def load_source_features(store: ArtifactStore, name: str, artifact: Artifact) -> SourceFeatures:
+    folder = store.verify("features", artifact.key)
+    features, labels = {}, {}
+    for split in SPLITS:
+        try:
+            features[split] = load_file(str(folder / f"{split}.safetensors"))["features"]
+            labels[split] = json.loads((folder / f"{split}.labels.json").read_text())
+        except Exception as exc:
+            raise CacheError(f"cannot read cached features in {folder}: {exc}; delete that folder and run "
+                             "again") from exc
+        if features[split].shape[0] != len(labels[split]):
+            raise CacheError(f"{folder}: {split} has {features[split].shape[0]} feature rows but "
+                             f"{len(labels[split])} labels; delete that folder and run again")
+    return SourceFeatures(name, features, labels)

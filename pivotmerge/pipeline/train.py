@@ -1,0 +1,104 @@
+"""Stages 3-4 (pivot, experts) and the joint reference: projector alignment runs, cached by content key."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from safetensors.torch import load_file, save_file
+
+from pivotmerge.errors import CacheError
+from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
+from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlignment
+
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def load_projector(store: ArtifactStore, artifact: Artifact) -> dict[str, torch.Tensor]:
+    folder = store.verify(artifact.stage, artifact.key)
+    try:
+        return load_file(str(folder / PROJECTOR_FILE))
+    except Exception as exc:
+        raise CacheError(f"cannot read {folder / PROJECTOR_FILE}: {exc}; delete {folder} and run again") from exc
+
+
+def seeded_projector(mllm, seed: int) -> dict[str, torch.Tensor]:
+    from pivotmerge.models.projector import build_projector
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kind = mllm.projector_kind
+        fresh = build_projector(kind, mllm.visual_dim, mllm.llm_dim)
+    return {k: v.detach().clone() for k, v in fresh.state_dict().items()}
+
+
+def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, *, mllm, init_state,
+                       train: list[CaptionSource], val: list[CaptionSource], train_cfg, seed: int,
+                       logger_factory=None) -> Artifact:
+    """Train the projector from `init_state` for `train_cfg.steps` steps; resume from a partial run."""
+    key = content_key(stage, spec)
+    if store.exists(stage, key):
+        return Artifact(stage, key, store.folder(stage, key), reused=True)
+    staging = store.begin(stage, key)
+    steps = int(train_cfg.steps)
+    mllm.projector.load_state_dict(init_state)
+    metrics: dict = {"name": name, "steps": steps, "seed": seed}
+    if steps > 0:
+        L.seed_everything(seed, workers=True, verbose=False)
+        datamodule = CaptionDataModule(mllm, train, val, batch_size=int(train_cfg.batch_size), max_steps=steps,
+                                       seed=seed, val_samples=int(train_cfg.val_samples))
+        module = ProjectorAlignment(mllm, lr=float(train_cfg.lr), weight_decay=float(train_cfg.weight_decay),
+                                    warmup_ratio=float(train_cfg.warmup_ratio), max_steps=steps)
+        checkpoint_dir = staging / "checkpoints"
+        last = checkpoint_dir / "last.ckpt"
+        callbacks = [L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=checkpoint_dir, save_last=True, save_top_k=0,
+            every_n_train_steps=int(train_cfg.checkpoint_every))]
+        trainer = L.Trainer(
+            max_steps=steps, accelerator=train_cfg.accelerator, devices=train_cfg.devices,
+            strategy=train_cfg.strategy, precision=train_cfg.precision,
+            accumulate_grad_batches=int(train_cfg.accumulate_grad_batches),
+            limit_val_batches=1.0, val_check_interval=None, check_val_every_n_epoch=1,
+            num_sanity_val_steps=0, log_every_n_steps=int(train_cfg.log_every_n_steps),
+            enable_progress_bar=bool(train_cfg.progress_bar), enable_model_summary=False,
+            logger=logger_factory(stage, name) if logger_factory else False, callbacks=callbacks,
+            default_root_dir=str(staging), deterministic=False)
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        elapsed = time.perf_counter() - started
+        if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
+            try:
+                trainer.logger.experiment.finish()
+            except Exception:  # logging must never fail a finished training run
+                pass
+        tokens = steps * int(train_cfg.batch_size) * _mean_tokens(mllm, datamodule)
+        metrics.update({"train_seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 1),
+                        "final_train_loss": _metric(trainer, "train/loss"),
+                        "val_loss": _metric(trainer, "val/loss"), "resumed": last.is_file()})
+    state = {k: v.detach().cpu().contiguous() for k, v in mllm.projector.state_dict().items()}
+    save_file(state, str(staging / PROJECTOR_FILE))
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    folder = store.commit(stage, key, spec, keep=(PROJECTOR_FILE, "metrics.json"))
+    return Artifact(stage, key, folder, reused=False)
+
+
+def _metric(trainer, name: str):
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else round(float(value), 4)
+
+
+def _mean_tokens(mllm, datamodule) -> float:
+    """Average sequence length (prefix + visual + text) over the first batches of the plan."""
+    sample = [datamodule.train_sources[s].features.shape[1] +
+              len(mllm.encode_text(datamodule.instructions[i],
+                                   datamodule.train_sources[s].templates[t].format(
+                                       label=datamodule.train_sources[s].labels[r]))[0])
+              for s, r, t, i in datamodule.plan[:64]]
+    return mllm.num_head_tokens + sum(sample) / len(sample)
+
+
+def read_metrics(folder: Path) -> dict:
+    path = Path(folder) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

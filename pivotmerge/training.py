@@ -1,0 +1,142 @@
+"""LLaVA stage-1 alignment with Lightning: only the projector trains, on cached visual features.
+
+The data module precomputes the whole run's sample plan (which example, caption template and instruction
+at every step) from the seed, so a run is deterministic and a resumed run continues the plan exactly
+where the checkpoint stopped.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pivotmerge.errors import DataError
+from pivotmerge.models.mllm import MLLM
+
+DEFAULT_INSTRUCTIONS = ["Describe the image briefly.", "What is shown in this image?",
+                        "Give a short caption for the image."]
+
+
+@dataclass
+class CaptionSource:
+    """A source's cached train features with the caption templates that turn labels into text."""
+
+    name: str
+    features: torch.Tensor  # [N, T, D]
+    labels: list[str]
+    templates: list[str]
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.features.shape[0] == 0 or len(self.labels) != self.features.shape[0]:
+            raise DataError(f"source {self.name!r} has {self.features.shape[0]} feature rows and "
+                            f"{len(self.labels)} labels: nothing to train on")
+
+
+class PlannedCaptions(Dataset):
+    """Item i of the plan -> (features, encoded text); the plan covers the whole run."""
+
+    def __init__(self, mllm: MLLM, sources: list[CaptionSource], plan: list[tuple[int, int, int, int]],
+                 instructions: list[str]):
+        self.mllm, self.sources, self.plan, self.instructions = mllm, sources, plan, instructions
+        self._text_cache: dict[tuple[int, str, int, int], tuple[list[int], int]] = {}
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __getitem__(self, i):
+        source_index, row, template, instruction = self.plan[i]
+        source = self.sources[source_index]
+        label = source.labels[row]
+        key = (source_index, label, template, instruction)
+        if key not in self._text_cache:
+            caption = source.templates[template].format(label=label)
+            self._text_cache[key] = self.mllm.encode_text(self.instructions[instruction], caption)
+        return source.features[row], self._text_cache[key]
+
+
+def make_plan(sources: list[CaptionSource], num_samples: int, seed: int, num_instructions: int):
+    """Seeded sample plan: sources mixed by weight, rows in reshuffled epochs, random template/instruction."""
+    rng = random.Random(seed)
+    weights = [s.weight for s in sources]
+    orders = [[] for _ in sources]
+    plan = []
+    for _ in range(num_samples):
+        s = rng.choices(range(len(sources)), weights=weights)[0] if len(sources) > 1 else 0
+        if not orders[s]:
+            orders[s] = list(range(sources[s].features.shape[0]))
+            rng.shuffle(orders[s])
+        plan.append((s, orders[s].pop(), rng.randrange(len(sources[s].templates)),
+                     rng.randrange(num_instructions)))
+    return plan
+
+
+class CaptionDataModule(L.LightningDataModule):
+    def __init__(self, mllm: MLLM, train: list[CaptionSource], val: list[CaptionSource], *, batch_size: int,
+                 max_steps: int, seed: int, instructions: list[str] | None = None, val_samples: int = 64):
+        super().__init__()
+        self.mllm, self.train_sources, self.val_sources = mllm, train, val
+        self.batch_size, self.max_steps, self.seed = batch_size, max_steps, seed
+        self.instructions = list(instructions or DEFAULT_INSTRUCTIONS)
+        self.val_samples = val_samples
+        self.plan = make_plan(train, batch_size * max_steps, seed, len(self.instructions))
+
+    def _collate(self, items):
+        features = torch.stack([f for f, _ in items])
+        return {"features": features, **self.mllm.collate_text([t for _, t in items])}
+
+    def train_dataloader(self):
+        start = (self.trainer.global_step if self.trainer is not None else 0) * self.batch_size
+        dataset = PlannedCaptions(self.mllm, self.train_sources, self.plan[start:], self.instructions)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate)
+
+    def val_dataloader(self):
+        # Fixed held-out rows (first template, first instruction), the same for every model compared.
+        plan = []
+        for s, source in enumerate(self.val_sources):
+            plan += [(s, row, 0, 0) for row in range(min(self.val_samples, source.features.shape[0]))]
+        dataset = PlannedCaptions(self.mllm, self.val_sources, plan, self.instructions)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate)
+
+
+class ProjectorAlignment(L.LightningModule):
+    """Trains `mllm.projector` with the caption (next-token) loss; everything else stays frozen."""
+
+    def __init__(self, mllm: MLLM, *, lr: float, weight_decay: float, warmup_ratio: float, max_steps: int):
+        super().__init__()
+        self.mllm = mllm
+        self.lr, self.weight_decay, self.warmup_ratio, self.max_steps = lr, weight_decay, warmup_ratio, max_steps
+        self.strict_loading = False  # checkpoints hold the projector only
+        self.val_losses: list[float] = []
+
+    def training_step(self, batch, _):
+        loss = self.mllm.caption_loss(**batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["features"].shape[0])
+        return loss
+
+    def validation_step(self, batch, _):
+        loss = self.mllm.caption_loss(**batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["features"].shape[0])
+
+    def configure_optimizers(self):
+        params = [p for p in self.mllm.projector.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        warmup = max(1, int(self.warmup_ratio * self.max_steps))
+
+        def schedule(step):
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, self.max_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                                 "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k.startswith("mllm.projector.")}
