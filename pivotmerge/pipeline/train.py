@@ -66,7 +66,8 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
             logger=logger_factory(stage, name) if logger_factory else False, callbacks=callbacks,
             default_root_dir=str(staging), deterministic=False)
         started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        resumed = last.is_file()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
         elapsed = time.perf_counter() - started
         if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
             try:
@@ -76,7 +77,7 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
         tokens = steps * int(train_cfg.batch_size) * _mean_tokens(mllm, datamodule)
         metrics.update({"train_seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 1),
                         "final_train_loss": _metric(trainer, "train/loss"),
-                        "val_loss": _metric(trainer, "val/loss"), "resumed": last.is_file()})
+                        "val_loss": _metric(trainer, "val/loss"), "resumed": resumed})
     state = {k: v.detach().cpu().contiguous() for k, v in mllm.projector.state_dict().items()}
     save_file(state, str(staging / PROJECTOR_FILE))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))

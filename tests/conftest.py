@@ -1,0 +1,23 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cfg(tmp_path_factory):
+    """`cfg.model` of a tiny random LLaVA-style MLLM (tiny CLIP tower + tiny Llama) saved on disk."""
+    from tests.tiny_models import tiny_model_cfg as build
+
+    return build(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mllm(tiny_model_cfg, tmp_path_factory):
+    from pivotmerge.models.mllm import build_mllm
+
+    return build_mllm(tiny_model_cfg, tmp_path_factory.mktemp("models-cache"), with_vision=True, seed=0)
