@@ -1,7 +1,8 @@
 """DARE (Yu et al., 2024): Drop And REscale task vectors, then merge with Task Arithmetic or TIES.
 
 Each entry of each tau_k is dropped with probability ``p`` (Bernoulli mask drawn from a local
-``torch.Generator`` seeded with ``seed``, tensors in the pivot's key order, experts in the given order),
+``torch.Generator`` seeded with ``seed``, tensors in sorted key order - so the result does not depend on
+the file format's key order - and experts in the given order),
 and the kept entries are divided by (1 - p), so E[dropped tau] = tau. Then
 
 * ``then='ta'``:   theta = pivot + lam * sum_k dare(tau_k)                       (peft ``dare_linear``)
@@ -46,7 +47,7 @@ def drop_and_rescale(
     gen = torch.Generator().manual_seed(seed)
     keep = 1.0 - p
     out = {}
-    for key in keys:
+    for key in sorted(keys):
         tau = stacked_task_vector(pivot, experts, key)
         if p >= 1.0:
             tau.zero_()
