@@ -137,6 +137,7 @@ def build_vision_tower(cfg) -> VisionTower:
         encoder, encode, dim, size = _hf_encoder(path, int(cfg.get("select_layer", -2)),
                                                   bool(cfg.get("drop_cls", True)))
         mean, std = _processor_stats(path)
+        mean, std = tuple(cfg.get("image_mean") or mean), tuple(cfg.get("image_std") or std)  # e.g. SigLIP
         return VisionTower(encoder, encode, feature_dim=dim, image_size=int(cfg.get("image_size") or size),
                            mean=mean, std=std, grid=grid, feature_norm=feature_norm, name=path)
     raise ConfigError(f"unknown model.vision.kind {kind!r}: use 'efficientnet_lite0' or 'hf'")
