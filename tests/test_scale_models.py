@@ -66,3 +66,19 @@ def test_siglip_tower_keeps_every_patch(tmp_path):
     tower = build_vision_tower(cfg)
     assert tower.encode_images([Image.new("RGB", (40, 30), (10, 200, 30))]).shape == (1, 16, 24)
     assert tower.mean.flatten().tolist() == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("data", ["cc12m", "llava558k"])
+def test_real_data_configs_compose_with_the_k4_scenario(data, monkeypatch):
+    monkeypatch.setenv("CC12M_SHARDS", "/x/{00000..00009}.tar")
+    monkeypatch.setenv("LLAVA_PRETRAIN", "/y")
+    cfg = _compose(f"data={data}", "scenario=cc12m_k4", "trainer=ddp", "model=llava15_7b")
+    assert list(cfg.scenario.sources) == ["d0", "d1", "d2", "d3"] and sorted(cfg.data.sources) == list(cfg.scenario.sources)
+    sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
+    assert [s["domain"] for s in sources.values()] == ["d0", "d1", "d2", "d3"]
+    assert len({s["name"] for s in sources.values()}) == 4
+    if data == "cc12m":
+        assert sources["d2"]["shards"] == "/x/{00000..00009}.tar"
+    else:
+        assert sources["d1"]["domain_index"] == "/y/domains/k4/domains.json"
+        assert sources["d1"]["json_path"] == "/y/blip_laion_cc_sbu_558k.json"
