@@ -22,6 +22,7 @@ import torch.nn.functional as F
 class ChoiceScores:
     logprobs: list[list[float]]   # summed log-probability of each choice's tokens
     counts: list[list[int]]       # number of scored tokens of each choice
+    greedy: list[list[bool]] | None = None   # whether greedy decoding would produce the choice
 
 
 def answer_ids(mllm, answer: str, include_end: bool = True) -> list[int]:
@@ -44,9 +45,12 @@ def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str]):
     return out.past_key_values, last, lengths, mask
 
 
-def _logprobs_of(mllm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _logprobs_of(mllm, hidden: torch.Tensor, targets: torch.Tensor, with_greedy: bool = False):
     logits = mllm.llm.get_output_embeddings()(hidden).float()
-    return -F.cross_entropy(logits, targets, reduction="none")
+    logp = -F.cross_entropy(logits, targets, reduction="none")
+    if with_greedy:
+        return logp, logits.argmax(dim=-1) == targets
+    return logp
 
 
 @torch.no_grad()
@@ -61,13 +65,15 @@ def score_choices(mllm, features: torch.Tensor, instructions: list[str], choices
                          f"({len(choices)}) must have one entry per item")
     logprobs: list[list[float]] = []
     counts: list[list[int]] = []
+    greedy: list[list[bool]] = []
     for start in range(0, len(instructions), batch_size):
         stop = start + batch_size
-        lp, ct = _score_batch(mllm, features[start:stop], instructions[start:stop], choices[start:stop],
-                              include_end)
+        lp, ct, gr = _score_batch(mllm, features[start:stop], instructions[start:stop], choices[start:stop],
+                                  include_end)
         logprobs += lp
         counts += ct
-    return ChoiceScores(logprobs, counts) if with_counts else logprobs
+        greedy += gr
+    return ChoiceScores(logprobs, counts, greedy) if with_counts else logprobs
 
 
 def _score_batch(mllm, features, instructions, choices, include_end):
@@ -89,8 +95,9 @@ def _score_batch(mllm, features, instructions, choices, include_end):
         ids[r, :len(t)] = torch.tensor(t, device=device)
         answer_mask[r, :len(t)] = 1
     # first answer token: predicted by the last valid prefix position
-    first = _logprobs_of(mllm, last[rows], ids[:, 0])
+    first, first_greedy = _logprobs_of(mllm, last[rows], ids[:, 0], with_greedy=True)
     totals = first.clone()
+    misses = (~first_greedy).long()
     if width > 1:
         mask = torch.cat([prefix_mask[rows], answer_mask], dim=1)
         position_ids = lengths[rows].unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
@@ -99,15 +106,17 @@ def _score_batch(mllm, features, instructions, choices, include_end):
                                   position_ids=position_ids[:, :-1], past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state                           # [R, width-1, H]
         valid = answer_mask[:, 1:].bool()
-        token_lp = _logprobs_of(mllm, hidden[valid], ids[:, 1:][valid])
+        token_lp, token_greedy = _logprobs_of(mllm, hidden[valid], ids[:, 1:][valid], with_greedy=True)
         totals.index_add_(0, valid.nonzero()[:, 0], token_lp)
+        misses.index_add_(0, valid.nonzero()[:, 0], (~token_greedy).long())
     token_counts = answer_mask.sum(dim=1)
-    logprobs, counts, offset = [], [], 0
+    logprobs, counts, greedy, offset = [], [], [], 0
     for n in n_choices.tolist():
         logprobs.append(totals[offset:offset + n].tolist())
         counts.append(token_counts[offset:offset + n].tolist())
+        greedy.append((misses[offset:offset + n] == 0).tolist())
         offset += n
-    return logprobs, counts
+    return logprobs, counts, greedy
 
 
 @torch.no_grad()
