@@ -34,7 +34,7 @@ from pivotmerge.errors import ConfigError, PivotMergeError
 
 PROG = "pivotmerge"
 CONF_MERGE_DIR = Path(__file__).resolve().parents[1] / "conf" / "merge"
-SUBCOMMAND_MODULES: tuple[str, ...] = ()  # extra modules whose import registers subcommands
+SUBCOMMAND_MODULES: tuple[str, ...] = ("pivotmerge.interop.llava",)  # modules whose import registers subcommands
 
 
 @dataclass
@@ -221,9 +221,15 @@ def _print_summary(method, options, pivot, experts, merged, diag, out, diag_path
 
 # ------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    broken = []
     for mod in SUBCOMMAND_MODULES:
-        importlib.import_module(mod)
-    parser = argparse.ArgumentParser(prog=PROG, description="PivotMerge: merge cross-modal projector experts.")
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:  # a broken optional module must not take `merge` down with it
+            broken.append(f"{mod} ({e})")
+    epilog = ("subcommands unavailable: " + "; ".join(broken)) if broken else None
+    parser = argparse.ArgumentParser(prog=PROG, description="PivotMerge: merge cross-modal projector experts.",
+                                     epilog=epilog)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for sc in SUBCOMMANDS.values():
