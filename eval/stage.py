@@ -1,0 +1,190 @@
+"""Stage 6 (eval): every model (pivot, experts, joint, merges) on every benchmark, through lmms-eval.
+
+For each model the projector is loaded into the one shared MLLM and `lmms_eval.evaluator.simple_evaluate`
+runs with our adapter instance and a TaskManager on the suite folder. Each model's lmms-eval results JSON
+is cached as the artifact `eval/<key>` (key = projector artifact key + suite key + eval settings), so a
+sweep re-evaluates only new merges. Every evaluation writes, under `<output_dir>/results/`:
+  results.jsonl   one row per (run, model, benchmark, metric, seed): value, stderr, primary flag, ...
+  lmms/<model>.json   lmms-eval's own results JSON
+The report stage (eval/report.py) reads only this store.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pivotmerge.errors import ConfigError
+from pivotmerge.pipeline.artifacts import content_key
+
+RESULTS_DIR = "results"
+ROWS_FILE = "results.jsonl"
+RESULTS_FILE = "results.json"
+
+
+def eval_settings(cfg) -> dict:
+    ecfg = cfg.eval
+    return {"name": str(ecfg.get("name", "embedded")), "tasks": _plain(ecfg.get("tasks")),
+            "limit": _plain(ecfg.get("limit")), "max_new_tokens": int(ecfg.get("max_new_tokens", 16)),
+            "bootstrap_iters": int(ecfg.get("bootstrap_iters", 100))}
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _json_default(obj):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def results_rows(results: dict, *, model: str, run: str, seed: int, experiment: str, task_meta: dict) -> list[dict]:
+    """One row per (benchmark, metric) of an lmms-eval results dict."""
+    rows = []
+    for task, metrics in results.get("results", {}).items():
+        meta = task_meta.get(task, {})
+        n = results.get("n-samples", {}).get(task, {}).get("effective")
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or key.startswith("alias"):
+                continue
+            metric, filter_name = key.split(",", 1)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            stderr = float(stderr) if isinstance(stderr, (int, float)) else None
+            rows.append({"run": run, "experiment": experiment, "seed": seed, "model": model, "benchmark": task,
+                         "metric": metric, "value": float(value), "stderr": stderr,
+                         "primary": metric == meta.get("primary"), "kind": meta.get("kind"),
+                         "sources": meta.get("sources", []), "n": n})
+    return rows
+
+
+def append_rows(results_dir: Path, rows: list[dict]) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / ROWS_FILE
+    with open(path, "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=_json_default) + "\n")
+    return path
+
+
+def _suite_and_tasks(ctx):
+    """(task names, TaskManager, task metadata, suite key)."""
+    from lmms_eval.tasks import TaskManager
+
+    ecfg = ctx.cfg.eval
+    if str(ecfg.get("name", "embedded")) == "lmms_standard":
+        tasks = list(_plain(ecfg.tasks) or [])
+        if not tasks:
+            raise ConfigError("eval=lmms_standard needs eval.tasks (lmms-eval built-in task names)")
+        manager = TaskManager(verbosity="WARNING")
+        unknown = [t for t in tasks if t not in manager.all_tasks]
+        if unknown:
+            raise ConfigError(f"eval.tasks names {unknown}, which lmms-eval does not know")
+        primary = dict(_plain(ecfg.get("primary_metrics")) or {})
+        meta = {t: {"kind": "standard", "primary": primary.get(t), "sources": []} for t in tasks}
+        return tasks, manager, meta, "lmms_standard"
+    from eval.suite import build_or_reuse_suite
+
+    suite = build_or_reuse_suite(ctx)
+    tasks = suite.select(_plain(ecfg.get("tasks")))
+    manager = TaskManager(verbosity="WARNING", include_path=str(suite.folder), include_defaults=False)
+    return tasks, manager, suite.tasks, suite.key
+
+
+def prefill_features(ctx, adapter) -> int:
+    """Pre-fill the adapter's feature cache from the cached test features (row i == dataset row i)."""
+    from pivotmerge.pipeline.data import load_dataset_dict
+
+    total = 0
+    for name, artifact in ctx.data.items():
+        if name not in ctx.features:
+            continue
+        images = load_dataset_dict(artifact.path)["test"]["image"]
+        total += adapter.features.prefill(list(images), ctx.features[name].features["test"])
+    return total
+
+
+def evaluate_model(adapter, tasks, manager, settings: dict, batch_size: int) -> dict:
+    from lmms_eval.evaluator import simple_evaluate
+
+    results = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager, batch_size=batch_size,
+                              limit=settings["limit"], bootstrap_iters=settings["bootstrap_iters"],
+                              log_samples=False, verbosity="WARNING")
+    if results is None:
+        raise RuntimeError("lmms-eval returned no results (non-zero rank?)")
+    return json.loads(json.dumps({k: v for k, v in results.items() if k != "samples"}, default=_json_default))
+
+
+def run(ctx) -> None:
+    from eval.lmms_model import PivotMergeLMM
+
+    cfg = ctx.cfg
+    models = ctx.models()
+    if not models:
+        raise ConfigError("the eval stage has no models: run the pivot/experts/merge stages first")
+    settings = eval_settings(cfg)
+    started = time.perf_counter()
+    tasks, manager, task_meta, suite_key = _suite_and_tasks(ctx)
+    ctx.log.add("eval", f"suite ({len(tasks)} tasks)", None, time.perf_counter() - started, ", ".join(tasks))
+    mllm = ctx.mllm
+    if settings["name"] == "lmms_standard" and mllm.vision is None:
+        from pivotmerge.models.vision import build_vision_tower
+
+        mllm.vision = build_vision_tower(cfg.model.vision)
+    batch_size = int(cfg.eval.get("batch_size", 16))
+    adapter = PivotMergeLMM(mllm=mllm, batch_size=batch_size, max_new_tokens=settings["max_new_tokens"])
+    prefilled = prefill_features(ctx, adapter)
+    print(f"[    eval] feature cache pre-filled with {prefilled} test images", flush=True)
+    results_dir = Path(ctx.output_dir) / RESULTS_DIR
+    (results_dir / "lmms").mkdir(parents=True, exist_ok=True)
+    run_id = Path(ctx.output_dir).name
+    original = {k: v.clone() for k, v in mllm.projector.state_dict().items()}
+    try:
+        for position, (model_name, artifact) in enumerate(models.items(), start=1):
+            model_started = time.perf_counter()
+            spec = {"projector": artifact.key, "suite": suite_key, "tasks": tasks, "eval": settings,
+                    "model": {"llm": cfg.model.llm, "vision": cfg.model.vision, "projector": cfg.model.projector,
+                              "system_prompt": cfg.model.get("system_prompt")}}
+            key = content_key("eval", spec)
+            store = ctx.store
+            reused = store.exists("eval", key)
+            if not reused:
+                try:
+                    adapter.load_projector(ctx.projector(artifact), name=model_name)
+                except ConfigError as exc:
+                    print(f"[    eval] {model_name}: SKIPPED, projector does not fit the model ({exc}); "
+                          "its cells stay empty in the report", flush=True)
+                    ctx.log.add("eval", model_name, None, time.perf_counter() - model_started, f"skipped: {exc}")
+                    continue
+                print(f"[    eval] ({position}/{len(models)}) {model_name}: {len(tasks)} tasks", flush=True)
+                results = evaluate_model(adapter, tasks, manager, settings, batch_size)
+                staging = store.begin("eval", key)
+                (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=_json_default))
+                store.commit("eval", key, spec)
+            folder = store.verify("eval", key)
+            results = json.loads((folder / RESULTS_FILE).read_text())
+            safe = model_name.replace(":", "_").replace("/", "_")
+            shutil.copy2(folder / RESULTS_FILE, results_dir / "lmms" / f"{safe}.json")
+            rows = results_rows(results, model=model_name, run=run_id, seed=int(cfg.seed),
+                                experiment=str(cfg.experiment_name), task_meta=task_meta)
+            append_rows(results_dir, rows)
+            seconds = time.perf_counter() - model_started
+            primary = {r["benchmark"]: round(r["value"], 3) for r in rows if r["primary"]}
+            from pivotmerge.pipeline.artifacts import Artifact
+
+            ctx.log.add("eval", model_name, Artifact("eval", key, folder, reused), seconds, json.dumps(primary))
+    finally:
+        mllm.projector.load_state_dict(original)
+    (results_dir / "suite.json").write_text(json.dumps({"suite": suite_key, "tasks": task_meta}, indent=2))
