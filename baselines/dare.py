@@ -26,6 +26,7 @@ from baselines.ties import check_ties_options, ties_combine
 from pivotmerge.merging import (
     check_choice,
     check_fraction,
+    FlatTaskVectors,
     check_int,
     diag_layer,
     finalize,
@@ -33,11 +34,47 @@ from pivotmerge.merging import (
     layer_name,
     register,
     register_alias,
-    stacked_task_vector,
     validate_inputs,
 )
 
 THENS = ("ta", "ties")
+
+
+class DroppedTaskVectors:
+    """Lazily dropped-and-rescaled task vectors of one tensor (the view protocol of ``ties_combine``).
+
+    The (K, n) DARE tensor is drawn on first use from the shared generator; views must therefore be used
+    in a fixed order (sorted keys) for reproducibility."""
+
+    def __init__(self, base: FlatTaskVectors, gen: torch.Generator, p: float):
+        self.key, self.shape, self.numel, self.k, self.dtype = base.key, base.shape, base.numel, base.k, base.dtype
+        self._base, self._gen, self._p, self._t = base, gen, p, None
+
+    def tensor(self) -> Tensor:
+        if self._t is None:
+            self._t = _drop(self._base, self._gen, self._p)
+        return self._t
+
+    def row(self, i: int) -> Tensor:
+        return self.tensor()[i].clone()
+
+    def chunk(self, c0: int, c1: int) -> Tensor:
+        return self.tensor()[:, c0:c1].clone()
+
+    def release(self) -> None:
+        self._t = None
+
+
+def _drop(v: FlatTaskVectors, gen: torch.Generator, p: float) -> Tensor:
+    tau = torch.stack([v.row(i) for i in range(v.k)])
+    if p >= 1.0:
+        return tau.zero_()
+    if p > 0.0:
+        keep = 1.0 - p
+        for i in range(v.k):
+            mask = torch.bernoulli(torch.full_like(tau[i], keep), generator=gen)
+            tau[i] = tau[i] * mask / keep
+    return tau
 
 
 def drop_and_rescale(
@@ -45,17 +82,10 @@ def drop_and_rescale(
 ) -> dict[str, Tensor]:
     """DARE task vectors: key -> (K, *shape) tensor, entries dropped w.p. p, kept ones divided by (1-p)."""
     gen = torch.Generator().manual_seed(seed)
-    keep = 1.0 - p
     out = {}
     for key in sorted(keys):
-        tau = stacked_task_vector(pivot, experts, key)
-        if p >= 1.0:
-            tau.zero_()
-        elif p > 0.0:
-            for i in range(tau.shape[0]):
-                mask = torch.bernoulli(torch.full_like(tau[i], keep), generator=gen)
-                tau[i] = tau[i] * mask / keep
-        out[key] = tau
+        v = FlatTaskVectors(pivot, experts, key)
+        out[key] = _drop(v, gen, p).reshape(v.k, *v.shape)
     return out
 
 
@@ -81,25 +111,20 @@ def dare_merge(
     density, scope, sign, combine, lam = check_ties_options("dare", density, scope, sign, combine, lam)
     validate_inputs(pivot, experts, min_experts=1, method="dare")
     keys = float_keys(pivot)
-    dropped = drop_and_rescale(pivot, experts, keys, p, seed)
+    gen = torch.Generator().manual_seed(seed)
+    views = [DroppedTaskVectors(FlatTaskVectors(pivot, experts, k), gen, p) for k in sorted(keys)]
     if diagnostics is not None:
-        for k in keys:
-            rec = diag_layer(diagnostics, layer_name(k))
-            rec.setdefault("dare_kept_fraction", {})[k] = float((dropped[k] != 0).float().mean())
+        for v in views:
+            rec = diag_layer(diagnostics, layer_name(v.key))
+            rec.setdefault("dare_kept_fraction", {})[v.key] = float((v.tensor() != 0).float().mean())
     if then == "ta":
-        upd = {k: dropped.pop(k).sum(0) for k in keys}
+        upd = {}
+        for v in views:
+            upd[v.key] = v.tensor().sum(0).reshape(v.shape)
+            v.release()
     else:
-        upd = ties_combine(
-            keys,
-            dropped.pop,  # global thresholds (get_row) are computed before the first pop
-            len(experts),
-            density=density,
-            scope=scope,
-            sign=sign,
-            combine=combine,
-            get_row=lambda k, i: dropped[k][i],
-            diagnostics=diagnostics,
-        )
+        upd = ties_combine(views, density=density, scope=scope, sign=sign, combine=combine,
+                           diagnostics=diagnostics)
     merged = {k: apply_update(pivot[k], upd.pop(k), lam) for k in keys}
     if diagnostics is not None:
         opts = dict(p=p, seed=seed, then=then, lam=lam)

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from pivotmerge.merging import (
+    FlatTaskVectors,
     check_number,
-    compute_dtype,
+    chunks,
     finalize,
     float_keys,
     register,
-    stacked_task_vector,
     validate_inputs,
 )
 
 
 def summed_task_vector(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]], key: str) -> Tensor:
-    """sum_k tau_k for one tensor, in compute dtype (shared with PivotMerge so reductions are exact)."""
-    return stacked_task_vector(pivot, experts, key).sum(0)
+    """sum_k tau_k for one tensor, in compute dtype (shared with PivotMerge so reductions are exact).
+
+    Computed in cache-sized chunks, so no K x n temporary is allocated."""
+    v = FlatTaskVectors(pivot, experts, key)
+    out = torch.empty(v.numel, dtype=v.dtype)
+    for c0, c1 in chunks(v.numel):
+        torch.sum(v.chunk(c0, c1), 0, out=out[c0:c1])
+    return out.reshape(v.shape)
 
 
 def apply_update(pivot_t: Tensor, update: Tensor, scale: float) -> Tensor:
-    """pivot + scale * update in compute dtype (the one place the final addition happens)."""
-    return pivot_t.to(compute_dtype(pivot_t.dtype)) + scale * update
+    """pivot + scale * update in compute dtype (the one place the final addition happens).
+
+    ``update`` must be a fresh tensor owned by the caller: it is scaled and shifted in place."""
+    return update.mul_(scale).add_(pivot_t.reshape(update.shape))
 
 
 @register("task_arithmetic")

