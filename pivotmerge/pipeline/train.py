@@ -69,6 +69,10 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
         resumed = last.is_file()
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
         elapsed = time.perf_counter() - started
+        if trainer.global_step < steps:
+            # Lightning turns Ctrl-C into a graceful stop: never commit an unfinished projector.
+            raise KeyboardInterrupt(f"{stage} '{name}' stopped at step {trainer.global_step} of {steps}; "
+                                    f"run the same command again to resume from {last}")
         if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
             try:
                 trainer.logger.experiment.finish()

@@ -1,0 +1,135 @@
+"""The pipeline's stages on tiny models: they run, cache by content, resume, and fail clearly."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pivotmerge.errors import CacheError, ConfigError, DataError
+from pivotmerge.pipeline.runner import run
+from tests.pipeline_helpers import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = "stages=[data,features,pivot,experts]"
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_model_cfg):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = compose_cfg(tmp, tiny_model_cfg, [STAGES])
+    return tmp, cfg, run(cfg)
+
+
+def test_stages_run_then_are_reused(first_run, tiny_model_cfg):
+    tmp, cfg, ctx = first_run
+    statuses = {(r["stage"], r["name"].split(" ")[0]): r["status"] for r in ctx.log.rows}
+    assert set(statuses.values()) == {"ran"}
+    assert {name for stage, name in statuses if stage == "expert"} == {"digits", "words"}
+    again = run(cfg)
+    assert {r["status"] for r in again.log.rows} == {"reused"}
+    # experts start from the pivot and move away from it
+    pivot = again.projector(again.pivot)
+    for name, artifact in again.experts.items():
+        expert = again.projector(artifact)
+        assert set(expert) == set(pivot) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+        assert any(not torch.equal(expert[k], pivot[k]) for k in pivot)
+    assert (Path(cfg.paths.output_dir) / "resolved_config.yaml").is_file()
+    assert json.loads((Path(cfg.paths.output_dir) / "run_info.json").read_text())["seed"] == 0
+
+
+def test_data_splits_are_disjoint_and_deterministic(first_run):
+    from pivotmerge.pipeline.data import load_dataset_dict
+
+    _, _, ctx = first_run
+    data = load_dataset_dict(ctx.data["digits"].path)
+    assert (len(data["train"]), len(data["val"]), len(data["test"])) == (24, 8, 8)
+    # the same rows come back from a rebuild: compare pixels of test vs train images
+    train = {bytes(img.tobytes()) for img in data["train"]["image"]}
+    assert not any(bytes(img.tobytes()) in train for img in data["test"]["image"])
+    assert len(set(data["test"]["label"])) == 8  # label-balanced test split (10 digit classes, 8 rows)
+
+
+def test_changing_an_expert_option_reuses_upstream(first_run, tiny_model_cfg, tmp_path):
+    tmp, _, _ = first_run
+    cfg = compose_cfg(tmp, tiny_model_cfg, [STAGES, "scenario.experts.steps=2"])
+    ctx = run(cfg)
+    status = {r["stage"]: r["status"] for r in ctx.log.rows}
+    assert status["data"] == status["features"] == status["pivot"] == "reused"
+    assert status["expert"] == "ran"
+
+
+def test_seed_changes_pivot_and_experts(first_run, tiny_model_cfg):
+    tmp, _, ctx0 = first_run
+    ctx1 = run(compose_cfg(tmp, tiny_model_cfg, [STAGES, "seed=1"]))
+    assert ctx1.pivot.key != ctx0.pivot.key
+    assert not torch.equal(ctx1.projector(ctx1.pivot)["0.weight"], ctx0.projector(ctx0.pivot)["0.weight"])
+    status = {r["stage"]: r["status"] for r in ctx1.log.rows}
+    assert status["data"] == status["features"] == "reused"
+
+
+def test_training_is_deterministic(tiny_model_cfg, tmp_path):
+    a = run(compose_cfg(tmp_path / "a", tiny_model_cfg, [STAGES]))
+    b = run(compose_cfg(tmp_path / "b", tiny_model_cfg, [STAGES]))
+    for name in a.experts:
+        sa, sb = a.projector(a.experts[name]), b.projector(b.experts[name])
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_killed_run_resumes_from_checkpoint(tiny_model_cfg, tmp_path, monkeypatch):
+    """A run that dies mid-training resumes from its last checkpoint and ends where a clean run ends."""
+    from pivotmerge.training import ProjectorAlignment
+
+    clean = run(compose_cfg(tmp_path / "clean", tiny_model_cfg, [STAGES]))
+    cfg = compose_cfg(tmp_path / "crash", tiny_model_cfg, [STAGES])
+    original_step = ProjectorAlignment.training_step
+
+    def dying_step(self, batch, index):
+        if self.trainer.global_step == 2 and self.max_steps == 3:
+            raise RuntimeError("simulated crash")
+        return original_step(self, batch, index)
+
+    monkeypatch.setattr(ProjectorAlignment, "training_step", dying_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    partial = list((tmp_path / "crash" / "cache" / "expert").glob("*.partial/checkpoints/last.ckpt"))
+    assert len(partial) == 1
+    monkeypatch.setattr(ProjectorAlignment, "training_step", original_step)
+    resumed = run(cfg)
+    name = next(iter(resumed.experts))
+    metrics = json.loads((resumed.experts[name].path / "metrics.json").read_text())
+    assert metrics["resumed"] is True
+    a, b = resumed.projector(resumed.experts[name]), clean.projector(clean.experts[name])
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not list((tmp_path / "crash" / "cache" / "expert").glob("*.partial"))
+
+
+def test_corrupt_cache_entry_is_reported(first_run, tiny_model_cfg):
+    tmp, cfg, ctx = first_run
+    features_dir = ctx.feature_artifacts["digits"].path
+    target = features_dir / "train.safetensors"
+    original = target.read_bytes()
+    try:
+        target.write_bytes(original[: len(original) // 2])
+        with pytest.raises(CacheError, match="truncated.*delete"):
+            run(cfg)
+    finally:
+        target.write_bytes(original)
+
+
+def test_unknown_source_and_empty_source_are_clear(tiny_model_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="scenario.sources names \\['nope'\\]"):
+        run(compose_cfg(tmp_path, tiny_model_cfg, [STAGES, "scenario.sources=[nope]"]))
+    with pytest.raises(DataError, match="words"):
+        run(compose_cfg(tmp_path, tiny_model_cfg, [STAGES, "scenario.sources=[words]",
+                                                   "data.sources.words.count=0"]))
+
+
+def test_run_py_reports_unknown_config_name_without_traceback():
+    result = subprocess.run([sys.executable, "run.py", "model=nope", "--cfg", "job"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Could not find 'model/nope'" in result.stderr and "Traceback" not in result.stderr
+    assert "embedded" in result.stderr  # lists the available options
