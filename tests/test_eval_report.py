@@ -1,0 +1,94 @@
+"""The report is a pure function of the results store: known rows render a known table (golden files)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from eval.report import MISSING, build_table, find_stores, read_rows, to_csv, to_latex, to_markdown, write_report
+from pivotmerge.errors import ConfigError
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _row(model, bench, value, seed=0, metric=None, primary=True, run="r1"):
+    metric = metric or {"pm_mme": "mme_score", "pm_pope": "accuracy"}.get(bench, "acc")
+    return {"run": run, "experiment": "t", "seed": seed, "model": model, "benchmark": bench, "metric": metric,
+            "value": value, "stderr": None, "primary": primary}
+
+
+def known_rows():
+    rows = []
+    scores = {  # model -> (mc_digits, mc_words, pope, mme)
+        "pivot": (0.25, 0.30, 0.50, 100.0),
+        "expert:digits": (0.90, 0.30, 0.60, 150.0),
+        "expert:words": (0.20, 0.80, 0.55, 140.0),
+        "merge:average": (0.45, 0.40, 0.52, 120.0),
+        "merge:pivotmerge": (0.70, 0.60, 0.58, 130.0),
+    }
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        for model, (d, w, p, m) in scores.items():
+            rows += [_row(model, "pm_mc_digits", d + shift, seed), _row(model, "pm_mc_words", w + shift, seed),
+                     _row(model, "pm_pope", p, seed), _row(model, "pm_mme", m + 10 * seed, seed),
+                     _row(model, "pm_pope", 0.9, seed, metric="f1", primary=False)]
+    # a missing cell: merge:average never got pm_pope for seed 0 or 1 -> drop them
+    rows = [r for r in rows if not (r["model"] == "merge:average" and r["benchmark"] == "pm_pope")]
+    # a second run re-evaluated pivot seed 0 on digits: the later row wins
+    rows.append(_row("pivot", "pm_mc_digits", 0.27, 0, run="r2"))
+    return rows
+
+
+@pytest.mark.parametrize("kind,writer", [("md", to_markdown), ("csv", to_csv), ("tex", to_latex)])
+def test_known_rows_render_golden_table(kind, writer):
+    text = writer(build_table(known_rows()))
+    golden = GOLDEN / f"report_table.{kind}"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_table_semantics():
+    table = build_table(known_rows())
+    assert table.models == ["pivot", "expert:digits", "expert:words", "merge:average", "merge:pivotmerge"]
+    assert table.benchmarks[:2] == ["pm_mc_digits", "pm_mc_words"]
+    cell = table.cell("merge:pivotmerge", "pm_mc_digits")
+    assert cell.mean == pytest.approx(71.0) and cell.std == pytest.approx(1.41421356, abs=1e-6) and cell.n == 2
+    assert table.cell("pivot", "pm_mc_digits").mean == pytest.approx(27.0 / 2 + 27.0 / 2)  # latest row wins
+    assert table.cell("merge:average", "pm_pope") is None                # missing, never 0
+    assert table.cell("merge:average", "Average") is None                # average over a gap is a gap
+    # normalized: per seed, mean over sources of model score / expert's mean score
+    norm = table.cell("merge:pivotmerge", "Norm.")
+    # the reference is the expert's mean over seeds
+    ref_d, ref_w = (90 + 92) / 2, (80 + 82) / 2
+    expected = [100 * (70 / ref_d + 60 / ref_w) / 2, 100 * (72 / ref_d + 62 / ref_w) / 2]
+    assert norm.mean == pytest.approx(sum(expected) / 2)
+    assert table.best["pm_mc_digits"] == {"merge:pivotmerge"}
+    md = to_markdown(table)
+    assert MISSING in md and "**71.0 ± 1.4**" in md
+    average_row = next(line for line in md.splitlines() if line.startswith("| merge:average |"))
+    assert average_row.split(" | ")[3] == MISSING and "| 0.0" not in average_row
+
+
+def test_report_files_and_store_lookup(tmp_path):
+    exp = tmp_path / "outputs" / "exp"
+    for name, rows in (("2026-01-01_00-00-00", known_rows()[:10]), ("2026-01-02_00-00-00", known_rows())):
+        store = exp / name / "results"
+        store.mkdir(parents=True)
+        (store / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    current = exp / "2026-01-03_00-00-00"
+    cfg = OmegaConf.create({"report": {"only": True}, "eval": {"report": {"from": "latest"}}})
+    stores = find_stores(cfg, current)
+    assert stores == [exp / "2026-01-02_00-00-00" / "results"]
+    cfg.eval.report["from"] = "all"
+    assert len(find_stores(cfg, current)) == 2
+    cfg.eval.report["from"] = str(exp / "2026-01-01_00-00-00")
+    assert find_stores(cfg, current) == [exp / "2026-01-01_00-00-00" / "results"]
+    cfg.eval.report["from"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="no results.jsonl"):
+        find_stores(cfg, current)
+    with pytest.raises(ConfigError, match="no results store"):
+        find_stores(OmegaConf.create({"eval": {"report": {"from": "latest"}}}), tmp_path / "x" / "y")
+    paths = write_report(build_table(read_rows(stores)), tmp_path / "report")
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["tex"].read_text().startswith("\\begin{tabular}") and "\\toprule" in paths["tex"].read_text()
