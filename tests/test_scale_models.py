@@ -82,3 +82,18 @@ def test_real_data_configs_compose_with_the_k4_scenario(data, monkeypatch):
     else:
         assert sources["d1"]["domain_index"] == "/y/domains/k4/domains.json"
         assert sources["d1"]["json_path"] == "/y/blip_laion_cc_sbu_558k.json"
+
+
+def test_local_parallel_launcher_extends_joblib():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=local_parallel"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+
+
+def test_slurm_launcher_extends_submitit():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.max_num_timeout) == (1, 1, 3)
