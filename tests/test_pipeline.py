@@ -133,3 +133,39 @@ def test_run_py_reports_unknown_config_name_without_traceback():
     assert result.returncode != 0
     assert "Could not find 'model/nope'" in result.stderr and "Traceback" not in result.stderr
     assert "embedded" in result.stderr  # lists the available options
+
+
+def test_merge_stage_selection_and_reuse(first_run, tiny_model_cfg):
+    tmp, _, _ = first_run
+    overrides = ["stages=[data,features,pivot,experts,merge]", "merge=[ties,pivotmerge]",
+                 "merge.pivotmerge.alm=data", "calibration.per_source=4", "merge_search.enabled=true",
+                 "merge_search.budget=2", "+merge_search.grids.ties.density=[0.5]",
+                 "+merge_search.grids.pivotmerge.rank_ratio=[0.25]"]
+    ctx = run(compose_cfg(tmp, tiny_model_cfg, overrides))
+    assert set(ctx.merged) == {"ties", "pivotmerge"}
+    for artifact in ctx.merged.values():
+        assert (artifact.path / "projector.safetensors").is_file()
+        diag = json.loads((artifact.path / "diagnostics" / "diagnostics.json").read_text())
+        assert diag["experts"] == ["digits", "words"]
+    pm_diag = json.loads((ctx.merged["pivotmerge"].path / "diagnostics" / "diagnostics.json").read_text())
+    assert "layer_weight" in json.dumps(pm_diag)
+    selection = json.loads((Path(ctx.output_dir) / "selection_seed0.json").read_text())
+    # the same budget for every method, and the chosen point is the one with the lowest val loss
+    assert {len(v["candidates"]) for v in selection.values()} == {2}
+    for entry in selection.values():
+        best = min(entry["candidates"], key=lambda row: row["val_loss"])
+        assert best["options"] == entry["chosen"]
+    again = run(compose_cfg(tmp, tiny_model_cfg, overrides))
+    assert {r["status"] for r in again.log.rows if r["stage"] == "merge"} == {"reused"}
+
+
+def test_merge_subset_of_experts(first_run, tiny_model_cfg):
+    tmp, _, _ = first_run
+    ctx = run(compose_cfg(tmp, tiny_model_cfg, ["stages=[data,features,pivot,experts,merge]", "merge=[average]",
+                                                "num_experts_merged=1"]))
+    merged = ctx.projector(ctx.merged["average"])
+    expert = ctx.projector(ctx.experts["digits"])
+    assert all(torch.allclose(merged[k], expert[k]) for k in merged)  # averaging one expert returns it
+    with pytest.raises(ConfigError, match="num_experts_merged=5"):
+        run(compose_cfg(tmp, tiny_model_cfg, ["stages=[data,features,pivot,experts,merge]", "merge=[average]",
+                                              "num_experts_merged=5"]))

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pivotmerge.errors import CacheError
 
 # Bump a stage's version when its code changes what it writes: old entries then stop matching.
-STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "eval": 1, "eval_suite": 1}
+STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 1, "eval_suite": 1}
 MANIFEST = "manifest.json"
 
 

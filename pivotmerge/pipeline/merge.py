@@ -35,7 +35,13 @@ def calibration_batch(ctx, per_source: int) -> dict[str, torch.Tensor]:
 
 
 def make_calibration_loss(ctx, per_source: int):
+    """state dict -> mean over sources of the per-source caption loss on fixed val rows.
+
+    Averaging per source first keeps every source's weight equal, whatever its caption length.
+    """
     batch = calibration_batch(ctx, per_source)
+    source_of_row = torch.tensor([i for i, feats in enumerate(ctx.features.values())
+                                  for _ in range(min(per_source, feats.features["val"].shape[0]))])
     mllm = ctx.mllm
 
     @torch.no_grad()
@@ -43,11 +49,31 @@ def make_calibration_loss(ctx, per_source: int):
         original = {k: v.clone() for k, v in mllm.projector.state_dict().items()}
         try:
             mllm.projector.load_state_dict(state)
-            return float(mllm.caption_loss(**batch))
+            sums, counts = mllm.answer_logprobs(**batch)
         finally:
             mllm.projector.load_state_dict(original)
+        losses = [-(sums[source_of_row == s].sum() / counts[source_of_row == s].sum()).item()
+                  for s in range(len(ctx.features))]
+        return sum(losses) / len(losses)
 
     return calibration_loss
+
+
+def candidate_options(base: dict, grid: dict, budget: int) -> list[dict]:
+    """The first `budget` points of the grid (product in a fixed order), the config's own point first."""
+    import itertools
+
+    unknown = [k for k in grid if k not in base]
+    if unknown:
+        raise ConfigError(f"merge_search grid names options {unknown} that the method does not have; "
+                          f"its options: {sorted(base)}")
+    points = [dict(base)]
+    keys = list(grid)
+    for values in itertools.product(*(list(grid[k]) for k in keys)):
+        point = {**base, **dict(zip(keys, values))}
+        if point not in points:
+            points.append(point)
+    return points[:budget]
 
 
 def _uses_data(method_cfg) -> bool:
@@ -62,16 +88,31 @@ def run(ctx) -> None:
     if not methods:
         print("[   merge] no merge methods selected (merge=[...]): skipped", flush=True)
         return
-    per_source = int(cfg.get("calibration", {}).get("per_source", 8)) if cfg.get("calibration") else 8
+    per_source = int(cfg.calibration.per_source)
     pivot = ctx.projector(ctx.pivot)
     expert_names = list(ctx.experts)
+    subset = cfg.get("num_experts_merged")
+    if subset is not None:
+        if not 1 <= int(subset) <= len(expert_names):
+            raise ConfigError(f"num_experts_merged={subset} must be between 1 and {len(expert_names)}")
+        expert_names = expert_names[:int(subset)]
+    ctx.merge_experts = expert_names
     experts = [ctx.projector(ctx.experts[n]) for n in expert_names]
     calibration_loss = None
+    search = cfg.get("merge_search") or {}
+    selections = {}
     for name, method_cfg in methods.items():
         if "_target_" not in method_cfg:
             raise ConfigError(f"merge.{name} has no _target_: select methods with merge=[...] from conf/merge/")
         options = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items()
                    if not k.startswith("_")}
+        if search.get("enabled", False):
+            if calibration_loss is None:
+                calibration_loss = make_calibration_loss(ctx, per_source)
+            options, table = select_options(ctx, name, method_cfg, options, search, pivot, experts,
+                                            calibration_loss)
+            selections[name] = {"chosen": options, "candidates": table}
+            method_cfg = OmegaConf.merge(method_cfg, options)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in expert_names},
                 "target": method_cfg._target_, "options": options}
         if _uses_data(method_cfg):
@@ -106,3 +147,38 @@ def run(ctx) -> None:
                                                           "merge_seconds": round(seconds, 3)}, indent=2))
         ctx.merged[name] = Artifact("merge", key, ctx.store.commit("merge", key, spec), reused=False)
         ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
+    if selections:
+        path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
+        path.write_text(json.dumps(selections, indent=2, default=str))
+        print(f"[   merge] hyperparameters selected on val splits (budget {search.get('budget')}): {path}")
+
+
+def select_options(ctx, name, method_cfg, options, search, pivot, experts, calibration_loss):
+    """Pick the options with the lowest val caption loss among `budget` candidates (cached per candidate)."""
+    grid = (search.get("grids") or {}).get(name) or {}
+    candidates = candidate_options(options, OmegaConf.to_container(grid, resolve=True) if grid else {},
+                                   int(search.budget))
+    table = []
+    for candidate in candidates:
+        spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
+                "target": method_cfg._target_, "options": candidate, "per_source": int(ctx.cfg.calibration.per_source),
+                "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
+        key = content_key("select", spec)
+        cached = ctx.store.folder("select", key) / "score.json"
+        if cached.is_file():
+            loss = json.loads(cached.read_text())["val_loss"]
+        else:
+            fn = instantiate(OmegaConf.merge(method_cfg, candidate))
+            kwargs = {}
+            if str(candidate.get("alm", "off")) == "data":
+                kwargs["calibration_loss"] = calibration_loss
+            loss = calibration_loss(fn(pivot, experts, **kwargs))
+            staging = ctx.store.begin("select", key)
+            (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
+            ctx.store.commit("select", key, spec)
+        table.append({"options": candidate, "val_loss": round(loss, 5)})
+    best = min(table, key=lambda row: row["val_loss"])
+    changed = {k: v for k, v in best["options"].items() if options.get(k) != v}
+    print(f"[  select] {name:<20} {len(table)} candidates, best val loss {best['val_loss']:.4f} {changed or ''}",
+          flush=True)
+    return best["options"], table

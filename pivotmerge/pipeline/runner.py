@@ -58,6 +58,7 @@ class Context:
     experts: dict[str, Artifact] = field(default_factory=dict)
     joint: Artifact | None = None
     merged: dict[str, Artifact] = field(default_factory=dict)
+    merge_experts: list[str] = field(default_factory=list)
     _mllm: object = None
 
     @property
@@ -219,43 +220,60 @@ def _quiet_libraries() -> None:
 
 
 def run(cfg) -> Context:
-    from pivotmerge.wandb_logging import configure_wandb_env, lightning_logger_factory
+    """Run the configured stages for every seed in `cfg.seeds` (or `cfg.seed`), then the report once."""
+    from omegaconf import open_dict
+
+    from pivotmerge.wandb_logging import configure_wandb_env
 
     _quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(cfg=cfg, store=ArtifactStore(cfg.paths.cache_dir), log=StageLog(), output_dir=output_dir)
     configure_wandb_env(cfg)
-    (output_dir / "run_info.json").write_text(json.dumps(
-        {"experiment": cfg.experiment_name, "seed": int(cfg.seed), "code_version": code_version(Path(cfg.paths.root)),
-         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
-    OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
     stages = list(cfg.stages)
     unknown = [s for s in stages if s not in ("data", "features", "pivot", "experts", *STAGE_MODULES)]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}: stages are data, features, pivot, experts, "
                           f"{', '.join(STAGE_MODULES)}")
-    report_only = bool(cfg.report.get("only", False))
+    seeds = [int(s) for s in (cfg.get("seeds") or [cfg.seed])]
+    (output_dir / "run_info.json").write_text(json.dumps(
+        {"experiment": cfg.experiment_name, "seeds": seeds, "code_version": code_version(Path(cfg.paths.root)),
+         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
     started = time.perf_counter()
-    if not report_only:
-        logger_factory = lightning_logger_factory(cfg)
-        stage_data_and_features(ctx)
-        if any(s in stages for s in ("pivot", "experts", "merge", "eval")):
-            stage_pivot(ctx, logger_factory)
-        if any(s in stages for s in ("experts", "merge", "eval")):
-            stage_experts(ctx, logger_factory)
-    for stage in ("merge", "eval", "report"):
-        if stage not in stages or (report_only and stage != "report"):
-            continue
-        try:
-            module = importlib.import_module(STAGE_MODULES[stage])
-        except ModuleNotFoundError as exc:
-            if exc.name and STAGE_MODULES[stage].startswith(exc.name):
-                print(f"[{stage:>8}] not available in this version: skipped", flush=True)
-                continue
-            raise
-        module.run(ctx)
-    total = time.perf_counter() - started
-    (output_dir / "stages.json").write_text(json.dumps(ctx.log.rows, indent=2))
-    print(f"\n{ctx.log.summary()} in {total:.0f}s. Outputs: {output_dir}", flush=True)
+    log = StageLog()
+    ctx = None
+    report_only = bool(cfg.report.get("only", False))
+    for seed in seeds:
+        seed_cfg = cfg.copy()
+        with open_dict(seed_cfg):
+            seed_cfg.seed = seed
+        ctx = Context(cfg=seed_cfg, store=ArtifactStore(cfg.paths.cache_dir), log=log, output_dir=output_dir,
+                      _mllm=ctx._mllm if ctx is not None else None)
+        if report_only:
+            break
+        if len(seeds) > 1:
+            print(f"\n==== seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) ====", flush=True)
+        run_seed(ctx, stages)
+    if "report" in stages:
+        _stage_module("report").run(ctx)
+    (output_dir / "stages.json").write_text(json.dumps(log.rows, indent=2))
+    print(f"\n{log.summary()} in {time.perf_counter() - started:.0f}s. Outputs: {output_dir}", flush=True)
     return ctx
+
+
+def _stage_module(stage: str):
+    return importlib.import_module(STAGE_MODULES[stage])
+
+
+def run_seed(ctx: Context, stages: list[str]) -> None:
+    from pivotmerge.wandb_logging import lightning_logger_factory
+
+    logger_factory = lightning_logger_factory(ctx.cfg)
+    stage_data_and_features(ctx)
+    if any(s in stages for s in ("pivot", "experts", "merge", "eval")):
+        stage_pivot(ctx, logger_factory)
+    if any(s in stages for s in ("experts", "merge", "eval")):
+        stage_experts(ctx, logger_factory)
+    for stage in ("merge", "eval"):
+        if stage in stages:
+            _stage_module(stage).run(ctx)
