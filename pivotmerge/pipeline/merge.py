@@ -76,6 +76,27 @@ def candidate_options(base: dict, grid: dict, budget: int) -> list[dict]:
     return points[:budget]
 
 
+def expand_variants(cfg) -> dict:
+    """`cfg.merge` plus `cfg.merge_variants` (name -> {base: <conf/merge name>, option: value, ...})."""
+    from pathlib import Path
+
+    methods = dict(cfg.get("merge") or {})
+    conf_dir = Path(__file__).resolve().parents[2] / "conf" / "merge"
+    for name, variant in (cfg.get("merge_variants") or {}).items():
+        variant = OmegaConf.to_container(variant, resolve=True)
+        base = variant.pop("base", None)
+        path = conf_dir / f"{base}.yaml"
+        if base is None or not path.is_file():
+            raise ConfigError(f"merge_variants.{name}.base must name a file of conf/merge/ "
+                              f"({', '.join(sorted(p.stem for p in conf_dir.glob('*.yaml')))}), got {base!r}")
+        base_cfg = OmegaConf.load(path)
+        unknown = [k for k in variant if k not in base_cfg]
+        if unknown:
+            raise ConfigError(f"merge_variants.{name}: {base} has no option(s) {unknown}")
+        methods[name] = OmegaConf.merge(base_cfg, variant)
+    return methods
+
+
 def _uses_data(method_cfg) -> bool:
     return str(method_cfg.get("alm", "off")) == "data"
 
@@ -84,7 +105,7 @@ def run(ctx) -> None:
     cfg = ctx.cfg
     if ctx.pivot is None or not ctx.experts:
         raise ConfigError("the merge stage needs the pivot and experts stages: add them to `stages`")
-    methods = cfg.get("merge") or {}
+    methods = expand_variants(cfg)
     if not methods:
         print("[   merge] no merge methods selected (merge=[...]): skipped", flush=True)
         return
