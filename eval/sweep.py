@@ -1,0 +1,65 @@
+"""A Hydra callback that ends a multirun sweep with one table over all of its jobs.
+
+Each job writes its own results store; merged rows are renamed by the job's overrides (e.g.
+`merge:pivotmerge [rank_ratio=0.25]`), rows that do not depend on the swept value (pivot, experts) are
+kept once per (model, benchmark, metric, seed). Configure with `hydra.callbacks.sweep_table._target_`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+
+_SKIP = ("experiment=", "hydra/launcher=")
+
+
+def job_label(overrides: list[str]) -> str:
+    kept = []
+    for override in overrides:
+        if override.startswith(_SKIP) or "=" not in override:
+            continue
+        key, value = override.split("=", 1)
+        kept.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return ", ".join(kept)
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict]:
+    from eval.report import read_rows
+
+    rows, seen = [], set()
+    for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()), key=lambda p: p.name):
+        store = job / "results"
+        if not (store / "results.jsonl").is_file():
+            continue
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        label = job_label(overrides or [])
+        for row in read_rows([store]):
+            if row["model"].startswith("merge:") and label:
+                row = {**row, "model": f"{row['model']} [{label}]"}
+            elif row["model"].startswith(("pivot", "expert:", "joint")) and label and any(
+                    o.split("=")[0] in ("scenario", "scenario.pivot.init", "seed") for o in overrides or []):
+                row = {**row, "model": f"{row['model']} [{label}]"}
+            key = (row["model"], row["benchmark"], row["metric"], row.get("seed"))
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(row)
+    return rows
+
+
+class SweepTable(Callback):
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from eval.report import build_table, to_markdown, write_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = sweep_rows(sweep_dir)
+        if not rows:
+            print(f"[sweep] no results stores under {sweep_dir}: nothing to tabulate")
+            return
+        table = build_table(rows)
+        paths = write_report(table, sweep_dir / "sweep_table")
+        print("\n" + to_markdown(table))
+        print(f"[sweep] table over {len(set(r['model'] for r in rows))} rows: " +
+              ", ".join(str(p) for p in paths.values()))

@@ -1,0 +1,42 @@
+"""The multirun callback tabulates every job of a sweep, labelling merged rows by their overrides."""
+import json
+
+import yaml
+
+from eval.sweep import SweepTable, job_label, sweep_rows
+
+
+def _job(folder, overrides, rows):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / "results").mkdir()
+    (folder / "results" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def _row(model, value, benchmark="pm_mc_digits"):
+    return {"run": "r", "experiment": "ablation", "seed": 0, "model": model, "benchmark": benchmark,
+            "metric": "accuracy", "value": value, "stderr": None, "primary": True, "kind": "mc", "sources": []}
+
+
+def test_job_label_keeps_the_swept_values():
+    assert job_label(["experiment=ablation", "merge.pivotmerge.rank_ratio=0.25"]) == "rank_ratio=0.25"
+
+
+def test_sweep_table(tmp_path, capsys):
+    _job(tmp_path / "0", ["experiment=ablation", "merge.pivotmerge.rank_ratio=0.25"],
+         [_row("pivot", 0.3), _row("merge:pivotmerge", 0.5)])
+    _job(tmp_path / "1", ["experiment=ablation", "merge.pivotmerge.rank_ratio=0.5"],
+         [_row("pivot", 0.3), _row("merge:pivotmerge", 0.7)])
+    rows = sweep_rows(tmp_path)
+    assert sorted(r["model"] for r in rows) == ["merge:pivotmerge [rank_ratio=0.25]",
+                                                 "merge:pivotmerge [rank_ratio=0.5]", "pivot"]
+
+    class Config:
+        class hydra:  # noqa: N801 - mimics cfg.hydra.sweep.dir
+            class sweep:  # noqa: N801
+                dir = str(tmp_path)
+
+    SweepTable().on_multirun_end(Config())
+    table = (tmp_path / "sweep_table" / "table.md").read_text()
+    assert "rank_ratio=0.25" in table and "rank_ratio=0.5" in table
+    assert (tmp_path / "sweep_table" / "table.csv").is_file()
