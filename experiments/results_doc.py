@@ -1,0 +1,136 @@
+"""Write docs/results.md from the results stores alone: no number in it is typed by hand.
+
+    python experiments/results_doc.py            # newest run of each experiment under outputs/
+    python experiments/results_doc.py --outputs outputs --doc docs/results.md
+
+For each experiment it finds (pivotmerge_vs_ties, paper_table, ablation_components, and multirun sweeps
+under multirun/), it renders the table with `eval.report`, copies the bar chart into docs/figures/, and
+states what the numbers show: the best merged method, where PivotMerge ranks, and its gap to the joint
+projector and to each expert - including where it loses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eval.report import build_table, plot_bars, read_rows, to_markdown  # noqa: E402
+
+EXPERIMENTS = {
+    "pivotmerge_vs_ties": "python run.py experiment=pivotmerge_vs_ties   # = make run",
+    "paper_table": "python run.py experiment=paper_table",
+    "ablation_components": "python run.py experiment=ablation_components",
+}
+
+
+def newest_store(outputs: Path, experiment: str) -> Path | None:
+    stores = sorted((outputs / experiment).glob("*/results/results.jsonl"), key=lambda p: p.parent.parent.name)
+    return stores[-1].parent if stores else None
+
+
+def findings(table) -> list[str]:
+    merges = [m for m in table.models if m.startswith("merge:") and table.average.get(m) is not None]
+    if not merges:
+        return ["No merged projector was evaluated."]
+    avg = {m: table.average[m].mean for m in merges}
+    ranked = sorted(merges, key=lambda m: -avg[m])
+    lines = [f"Best merged projector on the average: **{ranked[0]}** ({_pct(avg[ranked[0]])})."]
+    pm = [m for m in merges if m.split(":", 1)[1].split(" ")[0] == "pivotmerge"]
+    for name in pm:
+        rank = ranked.index(name) + 1
+        others = [m for m in ranked if m != name]
+        best_other = others[0] if others else None
+        text = f"{name} ranks {rank} of {len(ranked)} merged projectors ({_pct(avg[name])})"
+        if best_other:
+            delta = avg[name] - avg[best_other]
+            verdict = "ahead of" if delta > 0 else "behind"
+            text += f", {abs(delta) * 100:.1f} points {verdict} the best other method ({best_other})"
+        ties = [m for m in merges if m.split(":", 1)[1] == "ties"]
+        if ties:
+            delta = avg[name] - avg[ties[0]]
+            text += f"; vs TIES: {delta * 100:+.1f} points"
+        lines.append(text + ".")
+        wins = [b for b in table.benchmarks if table.cell(name, b) is not None and all(
+            table.cell(o, b) is None or table.cell(name, b).mean >= table.cell(o, b).mean for o in merges)]
+        losses = [b for b in table.benchmarks if b not in wins]
+        lines.append(f"It is the best merge on {len(wins)} of {len(table.benchmarks)} benchmarks"
+                     + (f" and not on: {', '.join(losses)}." if losses else "."))
+    if "joint" in table.models and table.average.get("joint") is not None:
+        gap = avg[ranked[0]] - table.average["joint"].mean
+        lines.append(f"The joint projector (trained on the union, same budget) averages "
+                     f"{_pct(table.average['joint'].mean)}; the best merge is {gap * 100:+.1f} points from it.")
+    if table.average.get("pivot") is not None:
+        lines.append(f"The pivot averages {_pct(table.average['pivot'].mean)}; "
+                     f"{sum(avg[m] > table.average['pivot'].mean for m in merges)} of {len(merges)} merges beat it.")
+    return lines
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}" if value <= 1.5 else f"{value:.1f}"
+
+
+def section(title: str, command: str, store: Path, figures: Path, slug: str) -> str:
+    rows = read_rows([store])
+    table = build_table(rows)
+    figure = figures / f"{slug}.png"
+    plot_bars(table, figure)
+    seeds = sorted({r.get("seed") for r in rows})
+    parts = [f"## {title}", "", f"Command: `{command}`  ", f"Results store: `{store.relative_to(ROOT)}` "
+             f"(seeds {seeds}, {len(rows)} rows)", "", to_markdown(table), "",
+             f"![{title}](figures/{figure.name})", "", "What it shows:", ""]
+    parts += [f"- {line}" for line in findings(table)]
+    heldout = store.parent / "heldout_loss.md"
+    if heldout.is_file():
+        parts += ["", "Held-out caption loss (test split; lower is better):", "", heldout.read_text()]
+    selection = sorted(store.parent.glob("selection_seed*.json"))
+    if selection:
+        chosen = json.loads(selection[0].read_text())
+        parts += ["", f"Options selected on the val splits ({selection[0].name}, same budget per method):", ""]
+        parts += [f"- {name}: `{entry['chosen']}`" for name, entry in chosen.items()]
+    return "\n".join(parts) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--outputs", default=str(ROOT / "outputs"))
+    parser.add_argument("--multirun", default=str(ROOT / "multirun"))
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    args = parser.parse_args()
+    outputs, doc = Path(args.outputs), Path(args.doc)
+    figures = doc.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for experiment, command in EXPERIMENTS.items():
+        store = newest_store(outputs, experiment)
+        if store is not None:
+            sections.append(section(experiment, command, store, figures, experiment))
+    for sweep_table in sorted(Path(args.multirun).glob("*/*/sweep_table/table.md")):
+        sweep_dir = sweep_table.parent.parent
+        overrides = sorted({line for job in sweep_dir.glob("*/.hydra/overrides.yaml")
+                            for line in job.read_text().splitlines() if "experiment=" not in line})
+        slug = f"sweep_{sweep_dir.parent.name}_{sweep_dir.name}"
+        png = sweep_table.parent / "scores.png"
+        if png.is_file():
+            shutil.copy(png, figures / f"{slug}.png")
+        sections.append(f"## Sweep {sweep_dir.parent.name} ({sweep_dir.name})\n\nJobs: "
+                        f"{', '.join(o.strip('- ') for o in overrides)}\n\n{sweep_table.read_text()}\n"
+                        + (f"\n![sweep](figures/{slug}.png)\n" if png.is_file() else ""))
+    header = ["# Results", "",
+              f"Generated by `python experiments/results_doc.py` on {time.strftime('%Y-%m-%d %H:%M')} from the "
+              "results stores under `outputs/` and `multirun/`; no number below is typed by hand. Scores are "
+              "percentages on the embedded benchmark suite (test splits only), mean ± std over seeds where "
+              "there are several. Bold marks the best merged projector per column.", ""]
+    if not sections:
+        header.append("No results store found yet: run the commands in the README first.")
+    doc.write_text("\n".join(header) + "\n" + "\n".join(sections))
+    print(f"wrote {doc} ({len(sections)} sections)")
+
+
+if __name__ == "__main__":
+    main()
