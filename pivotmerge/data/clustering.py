@@ -214,8 +214,11 @@ def _records(args):
             configure=_configure)
 def run_split_domains(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    embed = (MiniLMEmbedder(device=args.device, batch_size=args.batch_size) if args.embedder == "minilm"
-             else tfidf_embedder)
+    def embed(texts):  # MiniLM loads only once the records are read: input errors surface first
+        if args.embedder == "tfidf":
+            return tfidf_embedder(texts)
+        return MiniLMEmbedder(device=args.device, batch_size=args.batch_size)(texts)
+
     split = split_domains(_records(args), args.k, args.seed, embed_fn=embed, max_samples=args.max_samples,
                           embedder_name="all-MiniLM-L6-v2" if args.embedder == "minilm" else "tfidf")
     paths = write_split(split, args.out)
