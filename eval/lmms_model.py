@@ -127,6 +127,10 @@ class PivotMergeLMM(lmms):
         load_projector_state(self.mllm.projector, state)
         self.projector_name = name or "projector"
 
+    def clean(self):
+        """lmms-eval calls this after every evaluation and would delete the MLLM; the pipeline reuses one
+        adapter (and its feature cache) for every model, so nothing is freed here."""
+
     # ---- visual features -------------------------------------------------------------------------
     def _features_for(self, visual_lists: list[list]) -> list[torch.Tensor]:
         """One [T, D] tensor per request (several images: their tokens concatenated)."""
