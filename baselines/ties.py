@@ -34,6 +34,7 @@ from pivotmerge.merging import (
     check_number,
     chunks,
     diag_layer,
+    parallel_map,
     finalize,
     float_keys,
     layer_name,
@@ -112,24 +113,27 @@ def ties_combine(
                 thr = thr_global
             else:
                 kk = int(density * v.numel)
-                thr = torch.stack([kth_largest_1d(v.row(i).abs_(), kk) for i in range(v.k)]).reshape(-1, 1)
+                thr = torch.stack(parallel_map(lambda i: kth_largest_1d(v.row(i).abs_(), kk), range(v.k)))
+                thr = thr.reshape(-1, 1)
         merged = torch.empty(v.numel, dtype=v.dtype)
         n_agree = 0
         for c0, c1 in chunks(v.numel):
             tau = v.chunk(c0, c1)
             if thr is not None:
-                tau.masked_fill_(tau.abs() < thr, 0.0)
-            if sign == "sum":
-                vote = tau.sum(0)
-            else:
-                vote = (tau > 0).sum(0) - (tau < 0).sum(0)
-            agree = torch.where(vote >= 0, tau > 0, tau < 0)
-            tau.mul_(agree)
-            torch.sum(tau, 0, out=merged[c0:c1])
-            if combine == "mean":
-                merged[c0:c1] /= agree.sum(0, dtype=v.dtype).clamp_(min=1)
-            if diagnostics is not None:
-                n_agree += int(agree.sum())
+                tau.mul_(tau.abs() >= thr)  # trim
+            vote = tau.sum(0) if sign == "sum" else tau.sign().sum(0)
+            elected = torch.where(vote >= 0, 1.0, -1.0).to(v.dtype)  # a zero vote elects +
+            # flip every entry to the elected sign's frame: agreeing entries become > 0, the rest are dropped
+            tau.mul_(elected).clamp_(min=0)
+            out_c = merged[c0:c1]
+            torch.sum(tau, 0, out=out_c)
+            out_c.mul_(elected)  # exact: sign flips commute with the summation
+            if combine == "mean" or diagnostics is not None:
+                count = (tau > 0).sum(0, dtype=v.dtype)
+                if combine == "mean":
+                    out_c.div_(count.clamp_(min=1))
+                if diagnostics is not None:
+                    n_agree += int(count.sum())
         out[v.key] = merged.reshape(v.shape)
         if hasattr(v, "release"):
             v.release()
@@ -141,12 +145,11 @@ def ties_combine(
 
 def global_thresholds(views: Sequence, density: float) -> Tensor:
     """One trim threshold per expert over all tensors (shape (K, 1)); one expert flattened at a time."""
-    thr = []
-    for i in range(views[0].k):
+    def one(i: int) -> Tensor:
         flat = torch.cat([v.row(i).abs_().reshape(-1) for v in views])
-        thr.append(kth_largest_1d(flat, int(density * flat.numel())))
-        del flat
-    return torch.stack(thr).reshape(-1, 1)
+        return kth_largest_1d(flat, int(density * flat.numel()))
+
+    return torch.stack(parallel_map(one, range(views[0].k))).reshape(-1, 1)
 
 
 def check_ties_options(method: str, density, scope, sign, combine, lam) -> tuple[float, str, str, str, float]:

@@ -64,6 +64,7 @@ from pivotmerge.merging import (
     finalize,
     float_keys,
     group_layers,
+    parallel_map,
     register,
     validate_inputs,
 )
@@ -103,7 +104,7 @@ def _layer_update(view: FlatTaskVectors, coef: Tensor, m: Tensor | None, density
             torch.matmul(m_dt, tau, out=rho[:, c0:c1])
     if rho is not None:
         kk = int(density * view.numel)
-        thr = torch.stack([kth_largest_1d(rho[i].abs(), kk) for i in range(view.k)]).reshape(-1, 1)
+        thr = torch.stack(parallel_map(lambda i: kth_largest_1d(rho[i].abs(), kk), range(view.k))).reshape(-1, 1)
         for c0, c1 in chunks(view.numel):
             r = rho[:, c0:c1]
             r.masked_fill_(r.abs() < thr, 0.0)
