@@ -19,22 +19,35 @@ cache from the cached test features, so the vision tower never runs twice on the
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from collections import OrderedDict
-from pathlib import Path
-
-import torch
-from lmms_eval.api.instance import GenerationResult
-from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
-from tqdm.auto import tqdm
-
-from pivotmerge.errors import ConfigError
-from pivotmerge.models import scoring
-
 MODEL_ID = "pivotmerge"
-MANIFEST = ModelManifest(model_id=MODEL_ID, simple_class_path="eval.lmms_model.PivotMergeLMM")
+CLASS_PATH = "eval.lmms_model.PivotMergeLMM"
+
+
+def __getattr__(name):
+    # Importing lmms_eval.models (below) builds lmms-eval's model registry, which loads our entry point
+    # `eval.lmms_model:MANIFEST` while this module is still half-imported: answer it lazily (PEP 562).
+    if name == "MANIFEST":
+        from lmms_eval.models.registry_v2 import ModelManifest
+
+        return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
+    raise AttributeError(name)
+
+
+import hashlib  # noqa: E402
+import os  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from lmms_eval.api.instance import GenerationResult  # noqa: E402
+from lmms_eval.api.model import lmms  # noqa: E402
+from lmms_eval.models.registry_v2 import ModelManifest  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from pivotmerge.errors import ConfigError  # noqa: E402
+from pivotmerge.models import scoring  # noqa: E402
+
+MANIFEST = ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -39,7 +39,7 @@ SUITE_FILE = "suite.json"
 PRIMARY_METRIC = {"mc": "acc", "cross": "acc", "pope": "accuracy", "mme": "mme_score", "open": "exact_match"}
 DEFAULTS = {
     "seed": 0,
-    "items": 240,                  # items per benchmark where the test split allows
+    "items_per_task": 240,         # items per benchmark where the test split allows
     "options": 4,                  # multiple-choice options
     "mme_images_per_category": 60, # MME: 2 questions per image -> 120 questions per category
     "instruction": "Describe the image briefly.",
@@ -132,7 +132,7 @@ def _mc_options(rng: random.Random, truth: str, pool: list[str], n: int) -> list
 
 def build_documents(sources: list[SuiteSource], options: dict) -> dict[str, tuple[str, list[dict]]]:
     """task name -> (kind, rows). Deterministic given the sources and options."""
-    seed, items, n_options = int(options["seed"]), int(options["items"]), int(options["options"])
+    seed, items, n_options = int(options["seed"]), int(options["items_per_task"]), int(options["options"])
     kinds = list(options["kinds"])
     by_name = {s.name: s for s in sources}
     tasks: dict[str, tuple[str, list[dict]]] = {}

@@ -37,7 +37,7 @@ def synthetic_sources(n=N):
 
 
 def test_suite_is_deterministic_and_sized(tmp_path):
-    options = suite_options({"items": 12, "mme_images_per_category": 4})
+    options = suite_options({"items_per_task": 12, "mme_images_per_category": 4})
     first, second = build_documents(synthetic_sources(), options), build_documents(synthetic_sources(), options)
     assert first == second
     names = list(first)
@@ -57,7 +57,7 @@ def test_suite_is_deterministic_and_sized(tmp_path):
         kinds = [c.split(" ")[1] for c in row["choices"]]
         assert len(set(kinds)) == 2
     default = suite_options(None)
-    assert default["items"] >= 200 and default["mme_images_per_category"] * 2 * 4 >= 200
+    assert default["items_per_task"] >= 200 and default["mme_images_per_category"] * 2 * 4 >= 200
     meta = write_suite(synthetic_sources(), options, tmp_path / "suite")
     suite = load_suite(tmp_path / "suite")
     assert suite.tasks == meta and (tmp_path / "suite" / "utils.py").is_file()
@@ -79,7 +79,7 @@ def make_context(tmp_path, mllm, model_cfg):
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({
         "experiment_name": "test", "seed": 0, "model": OmegaConf.to_container(model_cfg),
-        "eval": {"name": "embedded", "suite": {"items": N, "mme_images_per_category": 4}, "tasks": None,
+        "eval": {"name": "embedded", "suite": {"items_per_task": N, "mme_images_per_category": 4}, "tasks": None,
                  "limit": None, "batch_size": 8, "max_new_tokens": 4, "bootstrap_iters": 10,
                  "report": {"from": "latest", "table_metric": "primary", "plot": True}},
         "report": {"only": False}, "logger": {"wandb": {"enabled": False}}})
