@@ -83,14 +83,26 @@ class CaptionDataModule(L.LightningDataModule):
         self.batch_size, self.max_steps, self.seed = batch_size, max_steps, seed
         self.instructions = list(instructions or DEFAULT_INSTRUCTIONS)
         self.val_samples = val_samples
-        self.plan = make_plan(train, batch_size * max_steps, seed, len(self.instructions))
+        self._plan: list | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def plan(self) -> list:
+        """The global plan: every rank's samples of every step (DDP shards it by rank, in order)."""
+        if self._plan is None:
+            self._plan = make_plan(self.train_sources, self.batch_size * self.max_steps * self.world_size,
+                                   self.seed, len(self.instructions))
+        return self._plan
 
     def _collate(self, items):
         features = torch.stack([f for f, _ in items])
         return {"features": features, **self.mllm.collate_text([t for _, t in items])}
 
     def train_dataloader(self):
-        start = (self.trainer.global_step if self.trainer is not None else 0) * self.batch_size
+        start = (self.trainer.global_step if self.trainer is not None else 0) * self.batch_size * self.world_size
         dataset = PlannedCaptions(self.mllm, self.train_sources, self.plan[start:], self.instructions)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate)
 

@@ -254,7 +254,7 @@ def run(cfg) -> Context:
         if len(seeds) > 1:
             print(f"\n==== seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) ====", flush=True)
         run_seed(ctx, stages)
-    if "report" in stages:
+    if "report" in stages and global_rank() == 0:
         _stage_module("report").run(ctx)
     (output_dir / "stages.json").write_text(json.dumps(log.rows, indent=2))
     print(f"\n{log.summary()} in {time.perf_counter() - started:.0f}s. Outputs: {output_dir}", flush=True)
@@ -274,6 +274,14 @@ def run_seed(ctx: Context, stages: list[str]) -> None:
         stage_pivot(ctx, logger_factory)
     if any(s in stages for s in ("experts", "merge", "eval")):
         stage_experts(ctx, logger_factory)
+    if global_rank() != 0:
+        return  # under ddp/fsdp the other ranks only join training
     for stage in ("merge", "eval"):
         if stage in stages:
             _stage_module(stage).run(ctx)
+
+
+def global_rank() -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)

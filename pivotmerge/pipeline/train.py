@@ -82,11 +82,21 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
         metrics.update({"train_seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 1),
                         "final_train_loss": _metric(trainer, "train/loss"),
                         "val_loss": _metric(trainer, "val/loss"), "resumed": resumed})
+    if steps > 0 and trainer.world_size > 1:
+        # Multi-process strategies (ddp/fsdp): every rank holds the same projector; rank 0 commits.
+        if trainer.global_rank == 0:
+            _save_and_commit(store, stage, key, spec, staging, mllm, metrics)
+        trainer.strategy.barrier()
+        return Artifact(stage, key, store.folder(stage, key), reused=False)
+    folder = _save_and_commit(store, stage, key, spec, staging, mllm, metrics)
+    return Artifact(stage, key, folder, reused=False)
+
+
+def _save_and_commit(store, stage, key, spec, staging, mllm, metrics) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in mllm.projector.state_dict().items()}
     save_file(state, str(staging / PROJECTOR_FILE))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    folder = store.commit(stage, key, spec, keep=(PROJECTOR_FILE, "metrics.json"))
-    return Artifact(stage, key, folder, reused=False)
+    return store.commit(stage, key, spec, keep=(PROJECTOR_FILE, "metrics.json"))
 
 
 def _metric(trainer, name: str):
