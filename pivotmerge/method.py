@@ -80,13 +80,15 @@ _RANK_TOL = 1e-6  # relative singular-value tolerance of the numerical rank
 
 
 def _gram(views: Sequence[FlatTaskVectors]) -> Tensor:
-    """G = S S^T (K x K, float64) of the layer's stacked task vectors, accumulated over column chunks."""
+    """G = S S^T (K x K) of the layer's stacked task vectors: per-chunk GEMMs in the compute dtype,
+    accumulated in float64 (the task vectors are themselves rounded to the compute dtype, so a float64
+    GEMM would not add information)."""
     k = views[0].k
     g = torch.zeros(k, k, dtype=torch.float64)
     for v in views:
         for c0, c1 in chunks(v.numel):
-            c = v.chunk(c0, c1).double()
-            g += c @ c.T
+            c = v.chunk(c0, c1)
+            g += (c @ c.T).double()
     return g
 
 
@@ -107,7 +109,7 @@ def _layer_update(view: FlatTaskVectors, coef: Tensor, m: Tensor | None, density
         thr = torch.stack(parallel_map(lambda i: kth_largest_1d(rho[i].abs(), kk), range(view.k))).reshape(-1, 1)
         for c0, c1 in chunks(view.numel):
             r = rho[:, c0:c1]
-            r.masked_fill_(r.abs() < thr, 0.0)
+            r.mul_(r.abs() >= thr)
             upd[c0:c1] += r.sum(0)
         del rho
     return upd.reshape(view.shape)

@@ -256,6 +256,8 @@ def run(cfg) -> Context:
         run_seed(ctx, stages)
     if "report" in stages and global_rank() == 0:
         _stage_module("report").run(ctx)
+    if global_rank() != 0:
+        return ctx
     (output_dir / "stages.json").write_text(json.dumps(log.rows, indent=2))
     print(f"\n{log.summary()} in {time.perf_counter() - started:.0f}s. Outputs: {output_dir}", flush=True)
     return ctx
