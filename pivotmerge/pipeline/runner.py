@@ -211,8 +211,14 @@ def _quiet_libraries() -> None:
     import datasets
     import transformers
 
+    import warnings
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The frozen LLM and vision tower are in eval mode on purpose; the pytree notice is Lightning-internal.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
