@@ -1,6 +1,6 @@
 """Multiple-choice scoring speed on the REAL embedded model (SmolLM2-135M, fp32, CPU), side by side.
 
-    python bench/bench_eval.py [--items 32] [--choices 4] [--batch 16] [--out bench/results/eval.json]
+    python bench/bench_eval.py [--items 16] [--choices 4] [--batch 16] [--out bench/results/eval.json]
 
 Random visual features of the real shape [B, 9, 1280] (3x3 pooled EfficientNet-Lite0 tokens), the seeded
 projector, 4 caption options per item (the suite's MC format). Three ways to score the same items:
@@ -32,9 +32,10 @@ LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=32)
+    parser.add_argument("--items", type=int, default=16)
     parser.add_argument("--choices", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "eval.json"))
     args = parser.parse_args()
 
@@ -46,6 +47,8 @@ def main() -> None:
     from pivotmerge.models.mllm import build_mllm
     from pivotmerge.models.scoring import score_choices, score_choices_naive
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_cfg = OmegaConf.load(REPO / "conf" / "model" / "embedded.yaml")
     started = time.perf_counter()
     mllm = build_mllm(model_cfg, os.environ.get("PIVOTMERGE_MODELS", str(REPO / ".cache" / "models")), seed=0)
@@ -80,6 +83,7 @@ def main() -> None:
         t0 = time.perf_counter()
         scores[name] = fn()
         timings[name] = time.perf_counter() - t0
+        print(f"  {name:<9} {timings[name]:7.2f}s", flush=True)
     reference = scores["naive"]
     rows = []
     for name in methods:
