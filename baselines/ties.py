@@ -34,7 +34,6 @@ from pivotmerge.merging import (
     check_number,
     chunks,
     diag_layer,
-    parallel_map,
     finalize,
     float_keys,
     layer_name,
@@ -113,8 +112,7 @@ def ties_combine(
                 thr = thr_global
             else:
                 kk = int(density * v.numel)
-                thr = torch.stack(parallel_map(lambda i: kth_largest_1d(v.row(i).abs_(), kk), range(v.k)))
-                thr = thr.reshape(-1, 1)
+                thr = torch.stack([kth_largest_1d(v.row(i).abs_(), kk) for i in range(v.k)]).reshape(-1, 1)
         merged = torch.empty(v.numel, dtype=v.dtype)
         n_agree = 0
         for c0, c1 in chunks(v.numel):
@@ -149,7 +147,7 @@ def global_thresholds(views: Sequence, density: float) -> Tensor:
         flat = torch.cat([v.row(i).abs_().reshape(-1) for v in views])
         return kth_largest_1d(flat, int(density * flat.numel()))
 
-    return torch.stack(parallel_map(one, range(views[0].k))).reshape(-1, 1)
+    return torch.stack([one(i) for i in range(views[0].k)]).reshape(-1, 1)
 
 
 def check_ties_options(method: str, density, scope, sign, combine, lam) -> tuple[float, str, str, str, float]:

@@ -64,7 +64,6 @@ from pivotmerge.merging import (
     finalize,
     float_keys,
     group_layers,
-    parallel_map,
     register,
     validate_inputs,
 )
@@ -106,7 +105,8 @@ def _layer_update(view: FlatTaskVectors, coef: Tensor, m: Tensor | None, density
             torch.matmul(m_dt, tau, out=rho[:, c0:c1])
     if rho is not None:
         kk = int(density * view.numel)
-        thr = torch.stack(parallel_map(lambda i: kth_largest_1d(rho[i].abs(), kk), range(view.k))).reshape(-1, 1)
+        # one expert row at a time (threads would save little on 2 cores and cost a row of memory each)
+        thr = torch.stack([kth_largest_1d(rho[i].abs(), kk) for i in range(view.k)]).reshape(-1, 1)
         for c0, c1 in chunks(view.numel):
             r = rho[:, c0:c1]
             r.mul_(r.abs() >= thr)

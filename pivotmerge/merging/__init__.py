@@ -40,7 +40,6 @@ __all__ = [
     "FlatTaskVectors",
     "available",
     "chunks",
-    "parallel_map",
     "check_bool",
     "check_choice",
     "check_fraction",
@@ -353,19 +352,6 @@ class FlatTaskVectors:
 
     def row(self, i: int) -> Tensor:
         return self.es[i].to(self.dtype) - self.p.to(self.dtype)
-
-
-def parallel_map(fn, items: Sequence) -> list:
-    """``[fn(x) for x in items]`` on up to ``torch.get_num_threads()`` threads (for single-threaded,
-    GIL-releasing torch kernels such as ``kthvalue``); sequential when there is one thread or one item."""
-    items = list(items)
-    workers = min(len(items), torch.get_num_threads())
-    if workers <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, items))
 
 
 def chunks(n: int, size: int | None = None):
