@@ -57,3 +57,34 @@ class DataSource(abc.ABC):
     def fingerprint(self) -> dict:
         """What determines this source's content (feeds the cache key)."""
         return {"class": type(self).__qualname__, "name": self.name, "max_examples": self.max_examples}
+
+
+class CaptionedCorpusSource(DataSource):
+    """A corpus of (key, caption, image) records where the caption itself is the label (CC12M, LAION,
+    LLaVA-558K). Subclasses implement `iter_records(decode)`; `decode=False` skips image decoding, which
+    is what caption clustering (`pivotmerge split-domains`) needs."""
+
+    _labels: list[str] | None = None
+
+    @abc.abstractmethod
+    def iter_records(self, decode: bool = True) -> Iterator[tuple[str, str, Image.Image | None]]:
+        """(key, caption, image or None) for every usable record, skipping and counting bad ones."""
+
+    def iter_captions(self) -> Iterator[tuple[str, str]]:
+        for key, caption, _ in self.iter_records(decode=False):
+            yield key, caption
+
+    def iter_examples(self) -> Iterator[Example]:
+        for _, caption, image in self.iter_records(decode=True):
+            yield Example(image, caption)
+
+    def labels(self) -> list[str]:
+        """Distinct captions of the first `max_examples` records."""
+        if self._labels is None:
+            seen: dict[str, None] = {}
+            for n, (_, caption) in enumerate(self.iter_captions()):
+                if self.max_examples is not None and n >= self.max_examples:
+                    break
+                seen.setdefault(caption, None)
+            self._labels = list(seen)
+        return list(self._labels)

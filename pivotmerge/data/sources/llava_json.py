@@ -21,7 +21,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from pivotmerge.data.sources.base import DataSource, Example
+from pivotmerge.data.sources.base import CaptionedCorpusSource
 from pivotmerge.data.sources.webdataset import SkipCounter, clean_caption, decode_image, load_domain_keys
 from pivotmerge.errors import ConfigError, DataError
 
@@ -65,7 +65,7 @@ def record_caption(record) -> tuple[str | None, str | None]:
     return None, "missing_caption"
 
 
-class LlavaJsonSource(DataSource):
+class LlavaJsonSource(CaptionedCorpusSource):
     """Captioned images from a LLaVA pretraining JSON; label = the caption."""
 
     def __init__(self, name: str, json_path: str, image_folder: str, caption_templates: list[str] | None = None,
@@ -120,24 +120,6 @@ class LlavaJsonSource(DataSource):
                 yield key, caption, image
         finally:
             self.last_stats = counter.report()
-
-    def iter_captions(self) -> Iterator[tuple[str, str]]:
-        for key, caption, _ in self.iter_records(decode=False):
-            yield key, caption
-
-    def iter_examples(self) -> Iterator[Example]:
-        for _, caption, image in self.iter_records(decode=True):
-            yield Example(image, caption)
-
-    def labels(self) -> list[str]:
-        if self._labels is None:
-            seen: dict[str, None] = {}
-            for n, (_, caption) in enumerate(self.iter_captions()):
-                if self.max_examples is not None and n >= self.max_examples:
-                    break
-                seen.setdefault(caption, None)
-            self._labels = list(seen)
-        return list(self._labels)
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "json_path": self.json_path, "image_folder": self.image_folder,

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
-from pivotmerge.data.sources.base import DataSource, Example
+from pivotmerge.data.sources.base import CaptionedCorpusSource
 from pivotmerge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def iter_tar_samples(path: str, counter: SkipCounter) -> Iterator[tuple[str, dic
 
 
 # --------------------------------------------------------------------------------------- the adapter
-class WebDatasetSource(DataSource):
+class WebDatasetSource(CaptionedCorpusSource):
     """Captioned images from img2dataset-layout webdataset shards; label = the caption."""
 
     def __init__(self, name: str, shards, caption_templates: list[str] | None = None,
@@ -267,27 +267,6 @@ class WebDatasetSource(DataSource):
                     yield key, caption, image
         finally:  # also runs when the consumer stops early (max_examples)
             self.last_stats = counter.report()
-
-    def iter_captions(self) -> Iterator[tuple[str, str]]:
-        """(key, caption) without decoding images: what split-domains clusters."""
-        for key, caption, _ in self.iter_records(decode=False):
-            yield key, caption
-
-    # -- DataSource -----------------------------------------------------------------------------------
-    def iter_examples(self) -> Iterator[Example]:
-        for _, caption, image in self.iter_records(decode=True):
-            yield Example(image, caption)
-
-    def labels(self) -> list[str]:
-        """Distinct captions of the first `max_examples` samples (captions are the labels here)."""
-        if self._labels is None:
-            seen: dict[str, None] = {}
-            for n, (_, caption) in enumerate(self.iter_captions()):
-                if self.max_examples is not None and n >= self.max_examples:
-                    break
-                seen.setdefault(caption, None)
-            self._labels = list(seen)
-        return list(self._labels)
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "shards": self.shards, "domain": self.domain,
