@@ -163,7 +163,7 @@ def main() -> int:
     in_mb = rows[0]["input_bytes"] / 2**20 if rows else 0
     print(f"\nMerge benchmark: LLaVA-1.5-7B projector (0.weight 4096x1024, 2.weight 4096x4096, biases), "
           f"K={args.experts}, fp32, inputs {in_mb:.0f} MiB, {os.cpu_count()} CPUs, torch threads "
-          f"{rows[0]['threads'] if rows else '?'}")
+          f"{rows[0]['threads'] if rows else '?'}, load average {os.getloadavg()[0]:.1f} (other jobs share the CPUs)")
     print(f"{'method':<38} {'time (s)':>9} {'/ peft TIES':>12} {'peak mem / input':>17} {'extra / input':>14}")
     for r in rows:
         ratio = f"{r['ratio_to_peft_ties']:.2f}x" if r["ratio_to_peft_ties"] is not None else "-"
@@ -184,7 +184,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"shapes": {k: list(v) for k, v in SHAPES.items()}, "experts": args.experts, "dtype": "float32",
                "repeats": args.repeats, "cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(), "results": rows, "targets": checks,
+               "python": platform.python_version(), "loadavg_1min_at_end": os.getloadavg()[0], "results": rows, "targets": checks,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
