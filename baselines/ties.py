@@ -71,8 +71,15 @@ def kth_largest_1d(x: Tensor, k: int) -> Tensor:
     hi = s.kthvalue(m - r_hi + 1).values
     lo = s.kthvalue(m - r_lo + 1).values
     del s
-    above = int((x > hi).sum())
-    band = x[(x <= hi) & (x >= lo)]
+    if 2 * k <= n:  # the k largest are few: keep the entries >= lo, split them at hi
+        cand = x[x >= lo]
+        above = int((cand > hi).sum())
+        band = cand[cand <= hi]
+    else:  # the k largest are many: keep the entries <= hi, everything else is above
+        cand = x[x <= hi]
+        above = n - cand.numel()
+        band = cand[cand >= lo]
+    del cand
     need = k - above
     if 1 <= need <= band.numel():
         return band.kthvalue(band.numel() - need + 1).values
