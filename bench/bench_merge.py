@@ -39,7 +39,7 @@ METHODS = {
     "dare_ties": ("DARE-TIES, ours", "dare_ties", {"p": 0.5}),
     "task_arithmetic": ("Task Arithmetic, ours", "task_arithmetic", {}),
     "pivotmerge": ("PivotMerge data-free (defaults)", "pivotmerge", {}),
-    "pivotmerge_notrim": ("PivotMerge, remainder_density=1", "pivotmerge", {"remainder_density": 1.0}),
+    "pivotmerge_trim": ("PivotMerge, remainder_density=0.5", "pivotmerge", {"remainder_density": 0.5}),
 }
 
 

@@ -193,7 +193,7 @@ def pivotmerge_merge(
     energy: float = 0.9,
     filter: str = "sign",  # noqa: A002 - option name of the config
     filter_threshold: float = 0.0,
-    remainder_density: float = 0.5,
+    remainder_density: float = 1.0,
     alm: str = "proxy",
     alm_proxy: str = "agreement",
     alm_probe: str = "remove",
