@@ -67,6 +67,7 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
             default_root_dir=str(staging), deterministic=False)
         started = time.perf_counter()
         resumed = last.is_file()
+        first_step = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if resumed else 0
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
         elapsed = time.perf_counter() - started
         if trainer.global_step < steps:
@@ -78,7 +79,7 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
                 trainer.logger.experiment.finish()
             except Exception:  # logging must never fail a finished training run
                 pass
-        tokens = steps * int(train_cfg.batch_size) * _mean_tokens(mllm, datamodule)
+        tokens = (steps - first_step) * int(train_cfg.batch_size) * trainer.world_size * _mean_tokens(mllm, datamodule)
         metrics.update({"train_seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 1),
                         "final_train_loss": _metric(trainer, "train/loss"),
                         "val_loss": _metric(trainer, "val/loss"), "resumed": resumed})
