@@ -37,7 +37,7 @@ def test_stages_run_then_are_reused(first_run, tiny_model_cfg):
         assert set(expert) == set(pivot) == {"0.weight", "0.bias", "2.weight", "2.bias"}
         assert any(not torch.equal(expert[k], pivot[k]) for k in pivot)
     assert (Path(cfg.paths.output_dir) / "resolved_config.yaml").is_file()
-    assert json.loads((Path(cfg.paths.output_dir) / "run_info.json").read_text())["seed"] == 0
+    assert json.loads((Path(cfg.paths.output_dir) / "run_info.json").read_text())["seeds"] == [0]
 
 
 def test_data_splits_are_disjoint_and_deterministic(first_run):
