@@ -75,14 +75,15 @@ class Context:
         return load_projector(self.store, artifact)
 
     def models(self) -> dict[str, Artifact]:
-        """Every projector to evaluate: pivot, experts, joint, merges (in table order)."""
+        """Every projector to evaluate, merged ones first: an interrupted evaluation should already hold
+        the comparison the experiment is about (the table orders rows itself)."""
         rows = {}
         if self.pivot is not None:
             rows["pivot"] = self.pivot
-        rows.update({f"expert:{k}": v for k, v in self.experts.items()})
+        rows.update({f"merge:{k}": v for k, v in self.merged.items()})
         if self.joint is not None:
             rows["joint"] = self.joint
-        rows.update({f"merge:{k}": v for k, v in self.merged.items()})
+        rows.update({f"expert:{k}": v for k, v in self.experts.items()})
         return rows
 
 
