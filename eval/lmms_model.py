@@ -109,7 +109,8 @@ class PivotMergeLMM(lmms):
     is_simple = True
 
     def __init__(self, mllm=None, projector=None, model_config: str | None = "embedded", cache_dir=None,
-                 batch_size=16, max_new_tokens: int = 16, device: str | None = None, **kwargs):
+                 batch_size=16, max_new_tokens: int = 16, device: str | None = None, gen_batch_size=64,
+                 **kwargs):
         super().__init__()
         if mllm is None:
             from pivotmerge.models.mllm import build_mllm
@@ -121,6 +122,9 @@ class PivotMergeLMM(lmms):
             mllm = mllm.to(device)
         self.mllm = mllm.eval()
         self.batch_size_per_gpu = int(batch_size) if batch_size not in (None, "auto") else 16
+        # A decoding step carries one token per row, so its cost is mostly fixed (weight reads, per-op
+        # overhead) and more rows per step amortise it; prefix passes are compute-bound and keep `batch_size`.
+        self.gen_batch_size = max(1, int(gen_batch_size or self.batch_size_per_gpu))
         self.max_new_tokens = int(max_new_tokens)
         self.features = FeatureCache()
         self.projector_name = "seeded"
@@ -235,7 +239,7 @@ class PivotMergeLMM(lmms):
         for i, setting in enumerate(settings):
             groups.setdefault((setting[0], tuple(setting[1])), []).append(i)
         for (max_new, until), indices in groups.items():
-            for batch in self._batches(indices, features, self.batch_size_per_gpu):
+            for batch in self._batches(indices, features, self.gen_batch_size):
                 texts = scoring.generate(self.mllm, torch.stack([features[i] for i in batch]),
                                          [contexts[i] for i in batch], max_new_tokens=max_new, until=list(until),
                                          batch_size=len(batch))
@@ -253,7 +257,7 @@ class PivotMergeLMM(lmms):
         features = self._features_for(visual_lists)
         outputs = []
         bar = tqdm(total=len(requests), desc=f"generate [{self.projector_name}]", leave=False)
-        chunk = max(1, self.batch_size_per_gpu * 4)
+        chunk = max(1, self.gen_batch_size * 4)
         for start in range(0, len(requests), chunk):
             stop = start + chunk
             outputs += self._generate(contexts[start:stop], features[start:stop], settings[start:stop])

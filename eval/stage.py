@@ -144,7 +144,8 @@ def run(ctx) -> None:
 
         mllm.vision = build_vision_tower(cfg.model.vision)
     batch_size = int(cfg.eval.get("batch_size", 16))
-    adapter = PivotMergeLMM(mllm=mllm, batch_size=batch_size, max_new_tokens=settings["max_new_tokens"])
+    adapter = PivotMergeLMM(mllm=mllm, batch_size=batch_size, max_new_tokens=settings["max_new_tokens"],
+                            gen_batch_size=int(cfg.eval.get("gen_batch_size", 64)))
     prefilled = prefill_features(ctx, adapter)
     print(f"[    eval] feature cache pre-filled with {prefilled} test images", flush=True)
     results_dir = Path(ctx.output_dir) / RESULTS_DIR
