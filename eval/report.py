@@ -319,7 +319,11 @@ def log_wandb(cfg, table: Table, paths: dict[str, Path]) -> None:
                 run.summary[f"{model}/{column}"] = cell.mean
     if "png" in paths:
         run.log({"scores": wandb.Image(str(paths["png"]))})
+    where = run.url if getattr(run, "url", None) else run.dir
+    offline = str(cfg.logger.wandb.mode) == "offline"
     run.finish()
+    hint = f"  (offline: `wandb sync {Path(cfg.logger.wandb.dir) / 'wandb'}` uploads every run)" if offline else ""
+    print(f"  W&B: {where}{hint}", flush=True)
 
 
 def run(ctx) -> None:

@@ -92,3 +92,25 @@ def test_report_files_and_store_lookup(tmp_path):
     paths = write_report(build_table(read_rows(stores)), tmp_path / "report")
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert paths["tex"].read_text().startswith("\\begin{tabular}") and "\\toprule" in paths["tex"].read_text()
+
+
+def test_wandb_offline_run_holds_the_table_and_says_where(tmp_path, capsys, monkeypatch):
+    from eval.report import log_wandb
+    from pivotmerge.wandb_logging import configure_wandb_env
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = OmegaConf.create({"experiment_name": "t", "seed": 0, "logger": {"wandb": {
+        "enabled": True, "mode": "offline", "project": "pivotmerge", "entity": None, "group": "t",
+        "dir": str(tmp_path)}}})
+    configure_wandb_env(cfg)
+    table = build_table(known_rows())
+    paths = write_report(table, tmp_path / "report", plot=False)
+    log_wandb(cfg, table, paths)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    logged = json.loads(next((runs[0] / "files" / "media" / "table").glob("results_*.table.json")).read_text())
+    rows = {row[0]: dict(zip(logged["columns"], row)) for row in logged["data"]}
+    assert rows["merge:pivotmerge"]["pm_mc_digits"] == pytest.approx(71.0)   # mean of seeds 0 and 1, in %
+    assert rows["merge:average"]["pm_pope"] is None                          # missing stays missing, not 0
+    out = capsys.readouterr().out
+    assert "W&B:" in out and "wandb sync" in out
