@@ -3,8 +3,8 @@
 Every prompt goes through `MLLM.encode_text`, so scoring sees exactly the token layout of training:
     [chat prefix][visual tokens]["\\n" + instruction + assistant header][answer + end-of-turn]
 
-`score_choices` runs the shared prefix (chat prefix + visual tokens + instruction) ONCE per item with
-`use_cache=True`, then expands the cache to one row per choice and scores all choices of all items of the
+`score_choices` runs the shared prefix (chat prefix + visual tokens + instruction + the answer tokens that
+all of the item's choices begin with) ONCE per item with `use_cache=True`, then expands the cache to one row per choice and scores all choices of all items of the
 batch in a second forward over the (short) answer tokens only. Prefixes are right-padded: padding slots
 stay inside the cache but are masked out, and position ids of the answer tokens continue from each row's
 own prefix length, so there is never a fully masked attention row (no NaN from left padding) and the
@@ -31,9 +31,14 @@ def answer_ids(mllm, answer: str, include_end: bool = True) -> list[int]:
     return mllm.tokenizer(text, add_special_tokens=False).input_ids
 
 
-def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str]):
-    """One forward over [prefix][visual][instruction] (right-padded); returns (cache, last hidden, lengths, mask)."""
+def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str], extra: list[list[int]] | None = None):
+    """One forward over [prefix][visual][instruction][extra tokens] (right-padded).
+
+    Returns (cache, hidden states, last valid hidden [B, H], valid lengths [B], attention mask).
+    """
     encoded = [mllm.encode_text(instruction) for instruction in instructions]
+    if extra is not None:
+        encoded = [(ids + list(more), start) for (ids, start), more in zip(encoded, extra)]
     batch = mllm.collate_text(encoded)
     device = mllm.prefix_ids.device
     inputs, mask = mllm.embed(features.to(device), batch["text_ids"].to(device), batch["text_mask"].to(device))
@@ -41,8 +46,18 @@ def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str]):
     position_ids = torch.arange(inputs.shape[1], device=device).unsqueeze(0).expand(inputs.shape[0], -1)
     out = mllm.llm.base_model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids,
                               use_cache=True)
-    last = out.last_hidden_state[torch.arange(inputs.shape[0], device=device), lengths - 1]   # [B, H]
-    return out.past_key_values, last, lengths, mask
+    hidden = out.last_hidden_state
+    last = hidden[torch.arange(inputs.shape[0], device=device), lengths - 1]   # [B, H]
+    return out.past_key_values, hidden, last, lengths, mask
+
+
+def _common_prefix(token_lists: list[list[int]]) -> int:
+    """Length of the token prefix shared by every list, leaving each at least one token of its own."""
+    shortest = min(len(t) for t in token_lists)
+    n = 0
+    while n < shortest - 1 and all(t[n] == token_lists[0][n] for t in token_lists):
+        n += 1
+    return n
 
 
 def _logprobs_of(mllm, hidden: torch.Tensor, targets: torch.Tensor, with_greedy: bool = False):
@@ -78,26 +93,41 @@ def score_choices(mllm, features: torch.Tensor, instructions: list[str], choices
 
 def _score_batch(mllm, features, instructions, choices, include_end):
     device = mllm.prefix_ids.device
-    cache, last, lengths, prefix_mask = _prefix_forward(mllm, features, instructions)
+    per_item = [[answer_ids(mllm, choice, include_end) for choice in item] for item in choices]
+    if any(len(t) == 0 for item in per_item for t in item):
+        raise ValueError("an empty answer continuation cannot be scored")
+    # Options of one item usually share a caption template ("a handwritten digit ..."): those tokens join the
+    # item's prefix pass, so they are scored once per item instead of once per option. Their log-prob is
+    # the same for every option, so each option's total is still the sum over all of its own tokens.
+    shared = [item[0][:_common_prefix(item)] for item in per_item]
+    cache, hidden, last, lengths, prefix_mask = _prefix_forward(mllm, features, instructions, extra=shared)
+    shared_lp = torch.zeros(len(choices), device=device)
+    shared_miss = torch.zeros(len(choices), dtype=torch.long, device=device)
+    if any(shared):
+        rows_s = torch.tensor([i for i, t in enumerate(shared) for _ in t], dtype=torch.long, device=device)
+        steps = torch.tensor([j for t in shared for j in range(len(t))], dtype=torch.long, device=device)
+        start = lengths[rows_s] - torch.tensor([len(shared[i]) for i in rows_s.tolist()], device=device)
+        targets = torch.tensor([tok for t in shared for tok in t], dtype=torch.long, device=device)
+        lp, hit = _logprobs_of(mllm, hidden[rows_s, start - 1 + steps], targets, with_greedy=True)
+        shared_lp.index_add_(0, rows_s, lp)
+        shared_miss.index_add_(0, rows_s, (~hit).long())
     n_choices = torch.tensor([len(c) for c in choices], device=device)
     if int(n_choices.min()) == int(n_choices.max()):
         cache.batch_repeat_interleave(int(n_choices[0]))
     else:
         cache.batch_select_indices(torch.repeat_interleave(torch.arange(len(choices), device=device), n_choices))
     rows = torch.repeat_interleave(torch.arange(len(choices), device=device), n_choices)
-    tokens = [answer_ids(mllm, choice, include_end) for item in choices for choice in item]
-    if any(len(t) == 0 for t in tokens):
-        raise ValueError("an empty answer continuation cannot be scored")
+    tokens = [t[len(shared[i]):] for i, item in enumerate(per_item) for t in item]
     width = max(len(t) for t in tokens)
     ids = torch.full((len(tokens), width), int(mllm.tokenizer.pad_token_id or 0), dtype=torch.long, device=device)
     answer_mask = torch.zeros((len(tokens), width), dtype=torch.long, device=device)
     for r, t in enumerate(tokens):
         ids[r, :len(t)] = torch.tensor(t, device=device)
         answer_mask[r, :len(t)] = 1
-    # first answer token: predicted by the last valid prefix position
+    # first own answer token: predicted by the last valid prefix position
     first, first_greedy = _logprobs_of(mllm, last[rows], ids[:, 0], with_greedy=True)
-    totals = first.clone()
-    misses = (~first_greedy).long()
+    totals = first + shared_lp[rows]
+    misses = (~first_greedy).long() + shared_miss[rows]
     if width > 1:
         mask = torch.cat([prefix_mask[rows], answer_mask], dim=1)
         position_ids = lengths[rows].unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
@@ -109,7 +139,7 @@ def _score_batch(mllm, features, instructions, choices, include_end):
         token_lp, token_greedy = _logprobs_of(mllm, hidden[valid], ids[:, 1:][valid], with_greedy=True)
         totals.index_add_(0, valid.nonzero()[:, 0], token_lp)
         misses.index_add_(0, valid.nonzero()[:, 0], (~token_greedy).long())
-    token_counts = answer_mask.sum(dim=1)
+    token_counts = answer_mask.sum(dim=1) + torch.tensor([len(shared[i]) for i in rows.tolist()], device=device)
     logprobs, counts, greedy, offset = [], [], [], 0
     for n in n_choices.tolist():
         logprobs.append(totals[offset:offset + n].tolist())
@@ -143,7 +173,7 @@ def score_choices_naive(mllm, features: torch.Tensor, instructions: list[str], c
 @torch.no_grad()
 def yes_no_logits(mllm, features: torch.Tensor, instructions: list[str], yes: str = "yes", no: str = "no"):
     """[B, 2] log-probabilities of the first token of `yes` / `no` as the answer (one prefix forward)."""
-    _, last, _, _ = _prefix_forward(mllm, features, instructions)
+    _, _, last, _, _ = _prefix_forward(mllm, features, instructions)
     logp = torch.log_softmax(mllm.llm.get_output_embeddings()(last).float(), dim=-1)
     ids = [answer_ids(mllm, yes, include_end=False)[0], answer_ids(mllm, no, include_end=False)[0]]
     return logp[:, ids]
@@ -177,7 +207,7 @@ def generate(mllm, features: torch.Tensor, instructions: list[str], max_new_toke
 
 def _generate_batch(mllm, features, instructions, max_new_tokens, until, return_ids=False):
     device = mllm.prefix_ids.device
-    cache, last, lengths, mask = _prefix_forward(mllm, features, instructions)
+    cache, _, last, lengths, mask = _prefix_forward(mllm, features, instructions)
     stops = _stop_token_ids(mllm)
     batch = len(instructions)
     generated = [[] for _ in range(batch)]
