@@ -71,6 +71,10 @@ def findings(table) -> list[str]:
     return lines
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _pct(value: float) -> str:
     return f"{value * 100:.1f}" if value <= 1.5 else f"{value:.1f}"
 
@@ -81,13 +85,15 @@ def section(title: str, command: str, store: Path, figures: Path, slug: str) -> 
     figure = figures / f"{slug}.png"
     plot_bars(table, figure)
     seeds = sorted({r.get("seed") for r in rows})
-    parts = [f"## {title}", "", f"Command: `{command}`  ", f"Results store: `{store.relative_to(ROOT)}` "
+    parts = [f"## {title}", "", f"Command: `{command}`  ", f"Results store: `{_shown(store)}` "
              f"(seeds {seeds}, {len(rows)} rows)", "", to_markdown(table), "",
              f"![{title}](figures/{figure.name})", "", "What it shows:", ""]
     parts += [f"- {line}" for line in findings(table)]
-    heldout = store.parent / "heldout_loss.md"
-    if heldout.is_file():
-        parts += ["", "Held-out caption loss (test split; lower is better):", "", heldout.read_text()]
+    heldouts = sorted(store.parent.parent.glob("*/heldout_loss.md"), key=lambda p: p.parent.name)
+    heldout = heldouts[-1] if heldouts else None
+    if heldout is not None:
+        parts += ["", f"Held-out caption loss (test split; lower is better; `{_shown(heldout)}`, from "
+                  "`python experiments/heldout_loss.py experiment=...`):", "", heldout.read_text()]
     selection = sorted(store.parent.glob("selection_seed*.json"))
     if selection:
         chosen = json.loads(selection[0].read_text())
@@ -96,12 +102,31 @@ def section(title: str, command: str, store: Path, figures: Path, slug: str) -> 
     return "\n".join(parts) + "\n"
 
 
-def main():
+README_BEGIN = "<!-- results:begin (written by experiments/results_doc.py) -->"
+README_END = "<!-- results:end -->"
+
+
+def update_readme(readme: Path, experiment: str, command: str, store: Path) -> bool:
+    """Replace the README's results block with the latest table of `experiment`."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    table = build_table(read_rows([store]))
+    block = "\n".join([README_BEGIN, f"Latest `{experiment}` table (`{_shown(store)}`; regenerate it from "
+                       f"the store alone with `{command} report.only=true`, run it with `{command}`):", "",
+                       to_markdown(table), README_END])
+    head, rest = text.split(README_BEGIN, 1)
+    readme.write_text(head + block + rest.split(README_END, 1)[1])
+    return True
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--outputs", default=str(ROOT / "outputs"))
     parser.add_argument("--multirun", default=str(ROOT / "multirun"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
-    args = parser.parse_args()
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args(argv)
     outputs, doc = Path(args.outputs), Path(args.doc)
     figures = doc.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -130,6 +155,12 @@ def main():
         header.append("No results store found yet: run the commands in the README first.")
     doc.write_text("\n".join(header) + "\n" + "\n".join(sections))
     print(f"wrote {doc} ({len(sections)} sections)")
+    for experiment in ("paper_table", "pivotmerge_vs_ties"):
+        store = newest_store(outputs, experiment)
+        if store is not None:
+            if update_readme(Path(args.readme), experiment, EXPERIMENTS[experiment].split("   #")[0], store):
+                print(f"README results block: {experiment}")
+            break
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""docs/results.md and the README's results block are generated from results stores alone."""
+import json
+
+from experiments.results_doc import README_BEGIN, README_END, main
+from tests.test_eval_report import known_rows
+
+
+def _store(outputs, experiment, run, rows):
+    folder = outputs / experiment / run / "results"
+    folder.mkdir(parents=True)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_doc_and_readme_come_from_the_newest_store(tmp_path):
+    outputs = tmp_path / "outputs"
+    old = [dict(r, value=0.0) for r in known_rows()]
+    _store(outputs, "paper_table", "2026-01-01_00-00-00", old)
+    _store(outputs, "paper_table", "2026-01-02_00-00-00", known_rows())
+    (outputs / "paper_table" / "2026-01-01_00-00-00" / "heldout_loss.md").write_text("| model | x |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{README_BEGIN}\nstale\n{README_END}\n\ntail\n")
+    main(["--outputs", str(outputs), "--multirun", str(tmp_path / "none"), "--doc", str(tmp_path / "docs" / "results.md"),
+          "--readme", str(readme)])
+    doc = (tmp_path / "docs" / "results.md").read_text()
+    assert "## paper_table" in doc and "2026-01-02_00-00-00" in doc
+    assert "| merge:pivotmerge | **71.0 ± 1.4** |" in doc   # seeds 0/1 of the newest store, not zeros
+    assert "merge:pivotmerge ranks 1 of 1" in doc and "| model | x |" in doc
+    assert (tmp_path / "docs" / "figures" / "paper_table.png").stat().st_size > 0
+    text = readme.read_text()
+    assert "stale" not in text and text.endswith("\n\ntail\n") and "**71.0 ± 1.4**" in text
