@@ -65,9 +65,31 @@ def findings(table) -> list[str]:
         gap = avg[ranked[0]] - table.average["joint"].mean
         lines.append(f"The joint projector (trained on the union, same budget) averages "
                      f"{_pct(table.average['joint'].mean)}; the best merge is {gap * 100:+.1f} points from it.")
+    lines += signal_checks(table)
     if table.average.get("pivot") is not None:
         lines.append(f"The pivot averages {_pct(table.average['pivot'].mean)}; "
                      f"{sum(avg[m] > table.average['pivot'].mean for m in merges)} of {len(merges)} merges beat it.")
+    return lines
+
+
+def signal_checks(table) -> list[str]:
+    """Where the table cannot tell methods apart, say so instead of letting a column look meaningful."""
+    lines = []
+    flat = [b for b in table.benchmarks
+            if len({round(c.mean, 6) for m in table.models if (c := table.cell(m, b)) is not None}) == 1]
+    if flat:
+        lines.append(f"No signal: every projector scores the same on {', '.join(flat)}, so these columns cannot "
+                     "rank methods at this scale (stage-1 alignment on captions only does not teach answering).")
+    for bench in table.benchmarks:
+        source = bench.removeprefix("pm_mc_") if bench.startswith("pm_mc_") else None
+        expert = f"expert:{source}" if source else None
+        if expert is None or table.cell(expert, bench) is None:
+            continue
+        others = [m for m in table.models if m != expert and table.cell(m, bench) is not None]
+        best = max(others, key=lambda m: table.cell(m, bench).mean) if others else None
+        if best is not None and table.cell(best, bench).mean >= table.cell(expert, bench).mean:
+            lines.append(f"{expert} does not lead on its own source ({bench}: "
+                         f"{_pct(table.cell(expert, bench).mean)} vs {best} {_pct(table.cell(best, bench).mean)}).")
     return lines
 
 

@@ -29,3 +29,19 @@ def test_doc_and_readme_come_from_the_newest_store(tmp_path):
     assert (tmp_path / "docs" / "figures" / "paper_table.png").stat().st_size > 0
     text = readme.read_text()
     assert "stale" not in text and text.endswith("\n\ntail\n") and "**71.0 ± 1.4**" in text
+
+
+def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
+    from eval.report import build_table
+    from experiments.results_doc import signal_checks
+    from tests.test_eval_report import _row
+
+    rows = []
+    for model, digits, words, open_ in (("pivot", 0.25, 0.30, 0.0), ("expert:digits", 0.9, 0.2, 0.0),
+                                        ("expert:words", 0.2, 0.25, 0.0), ("merge:ties", 0.5, 0.4, 0.0)):
+        rows += [_row(model, "pm_mc_digits", digits), _row(model, "pm_mc_words", words),
+                 _row(model, "pm_open_words", open_, metric="exact_match")]
+    lines = signal_checks(build_table(rows))
+    assert any(line.startswith("No signal") and "pm_open_words" in line and "pm_mc" not in line for line in lines)
+    assert any("expert:words does not lead" in line and "merge:ties" in line for line in lines)
+    assert not any("expert:digits does not lead" in line for line in lines)
