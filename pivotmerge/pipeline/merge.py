@@ -77,7 +77,11 @@ def candidate_options(base: dict, grid: dict, budget: int) -> list[dict]:
 
 
 def expand_variants(cfg) -> dict:
-    """`cfg.merge` plus `cfg.merge_variants` (name -> {base: <conf/merge name>, option: value, ...})."""
+    """`cfg.merge` plus `cfg.merge_variants` (name -> {base: <conf/merge name>, option: value, ...}).
+
+    A variant starts from the run's own settings of its base method when the run merges with it (so an
+    experiment that sets `merge.pivotmerge.lam` changes its variants too), else from conf/merge/<base>.yaml.
+    """
     from pathlib import Path
 
     methods = dict(cfg.get("merge") or {})
@@ -89,7 +93,7 @@ def expand_variants(cfg) -> dict:
         if base is None or not path.is_file():
             raise ConfigError(f"merge_variants.{name}.base must name a file of conf/merge/ "
                               f"({', '.join(sorted(p.stem for p in conf_dir.glob('*.yaml')))}), got {base!r}")
-        base_cfg = OmegaConf.load(path)
+        base_cfg = methods[base] if base in methods else OmegaConf.load(path)
         unknown = [k for k in variant if k not in base_cfg]
         if unknown:
             raise ConfigError(f"merge_variants.{name}: {base} has no option(s) {unknown}")
