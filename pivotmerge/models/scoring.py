@@ -31,11 +31,30 @@ def answer_ids(mllm, answer: str, include_end: bool = True) -> list[int]:
     return mllm.tokenizer(text, add_special_tokens=False).input_ids
 
 
+def _head_kv(mllm):
+    """Keys/values of the chat prefix that precedes the visual tokens, computed once per model.
+
+    That prefix is the same for every item and every projector (it comes before the image), so its
+    attention state is reused instead of being recomputed in every batch.
+    """
+    key = (str(mllm.prefix_ids.device), str(mllm.llm.dtype), tuple(mllm.prefix_ids.tolist()))
+    stored = getattr(mllm, "_head_kv_cache", None)
+    if stored is None or stored[0] != key:
+        out = mllm.llm.base_model(input_ids=mllm.prefix_ids.unsqueeze(0), use_cache=True)
+        stored = (key, [(layer.keys, layer.values) for layer in out.past_key_values.layers])
+        mllm._head_kv_cache = stored
+    return stored[1]
+
+
 def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str], extra: list[list[int]] | None = None):
     """One forward over [prefix][visual][instruction][extra tokens] (right-padded).
 
-    Returns (cache, hidden states, last valid hidden [B, H], valid lengths [B], attention mask).
+    Returns (cache, hidden states, last valid hidden [B, H], valid lengths [B], attention mask, offset);
+    `hidden[:, j]` is the hidden state of sequence position `j + offset` (the chat prefix comes from
+    `_head_kv`, so its positions have no hidden state here).
     """
+    from transformers import DynamicCache
+
     encoded = [mllm.encode_text(instruction) for instruction in instructions]
     if extra is not None:
         encoded = [(ids + list(more), start) for (ids, start), more in zip(encoded, extra)]
@@ -43,12 +62,20 @@ def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str], extra
     device = mllm.prefix_ids.device
     inputs, mask = mllm.embed(features.to(device), batch["text_ids"].to(device), batch["text_mask"].to(device))
     lengths = mask.sum(dim=1)                                    # valid tokens per row
-    position_ids = torch.arange(inputs.shape[1], device=device).unsqueeze(0).expand(inputs.shape[0], -1)
-    out = mllm.llm.base_model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids,
-                              use_cache=True)
+    rows = inputs.shape[0]
+    offset = mllm.num_head_tokens
+    cache = None
+    if offset:
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(_head_kv(mllm)):
+            cache.update(keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(),
+                         layer)
+    position_ids = torch.arange(offset, inputs.shape[1], device=device).unsqueeze(0).expand(rows, -1)
+    out = mllm.llm.base_model(inputs_embeds=inputs[:, offset:], attention_mask=mask, position_ids=position_ids,
+                              past_key_values=cache, use_cache=True)
     hidden = out.last_hidden_state
-    last = hidden[torch.arange(inputs.shape[0], device=device), lengths - 1]   # [B, H]
-    return out.past_key_values, hidden, last, lengths, mask
+    last = hidden[torch.arange(rows, device=device), lengths - 1 - offset]   # [B, H]
+    return out.past_key_values, hidden, last, lengths, mask, offset
 
 
 def _common_prefix(token_lists: list[list[int]]) -> int:
@@ -100,7 +127,7 @@ def _score_batch(mllm, features, instructions, choices, include_end):
     # item's prefix pass, so they are scored once per item instead of once per option. Their log-prob is
     # the same for every option, so each option's total is still the sum over all of its own tokens.
     shared = [item[0][:_common_prefix(item)] for item in per_item]
-    cache, hidden, last, lengths, prefix_mask = _prefix_forward(mllm, features, instructions, extra=shared)
+    cache, hidden, last, lengths, prefix_mask, offset = _prefix_forward(mllm, features, instructions, extra=shared)
     shared_lp = torch.zeros(len(choices), device=device)
     shared_miss = torch.zeros(len(choices), dtype=torch.long, device=device)
     if any(shared):
@@ -108,7 +135,7 @@ def _score_batch(mllm, features, instructions, choices, include_end):
         steps = torch.tensor([j for t in shared for j in range(len(t))], dtype=torch.long, device=device)
         start = lengths[rows_s] - torch.tensor([len(shared[i]) for i in rows_s.tolist()], device=device)
         targets = torch.tensor([tok for t in shared for tok in t], dtype=torch.long, device=device)
-        lp, hit = _logprobs_of(mllm, hidden[rows_s, start - 1 + steps], targets, with_greedy=True)
+        lp, hit = _logprobs_of(mllm, hidden[rows_s, start - 1 + steps - offset], targets, with_greedy=True)
         shared_lp.index_add_(0, rows_s, lp)
         shared_miss.index_add_(0, rows_s, (~hit).long())
     n_choices = torch.tensor([len(c) for c in choices], device=device)
@@ -173,7 +200,7 @@ def score_choices_naive(mllm, features: torch.Tensor, instructions: list[str], c
 @torch.no_grad()
 def yes_no_logits(mllm, features: torch.Tensor, instructions: list[str], yes: str = "yes", no: str = "no"):
     """[B, 2] log-probabilities of the first token of `yes` / `no` as the answer (one prefix forward)."""
-    _, _, last, _, _ = _prefix_forward(mllm, features, instructions)
+    _, _, last, _, _, _ = _prefix_forward(mllm, features, instructions)
     logp = torch.log_softmax(mllm.llm.get_output_embeddings()(last).float(), dim=-1)
     ids = [answer_ids(mllm, yes, include_end=False)[0], answer_ids(mllm, no, include_end=False)[0]]
     return logp[:, ids]
@@ -207,7 +234,7 @@ def generate(mllm, features: torch.Tensor, instructions: list[str], max_new_toke
 
 def _generate_batch(mllm, features, instructions, max_new_tokens, until, return_ids=False):
     device = mllm.prefix_ids.device
-    cache, _, last, lengths, mask = _prefix_forward(mllm, features, instructions)
+    cache, _, last, lengths, mask, _ = _prefix_forward(mllm, features, instructions)
     stops = _stop_token_ids(mllm)
     batch = len(instructions)
     generated = [[] for _ in range(batch)]
