@@ -35,51 +35,76 @@ def newest_store(outputs: Path, experiment: str) -> Path | None:
 
 
 def findings(table) -> list[str]:
+    """Plain statements computed from the table (cells are already in display units: % or MME points)."""
     merges = [m for m in table.models if m.startswith("merge:") and table.average.get(m) is not None]
     if not merges:
         return ["No merged projector was evaluated."]
     avg = {m: table.average[m].mean for m in merges}
     ranked = sorted(merges, key=lambda m: -avg[m])
-    lines = [f"Best merged projector on the average: **{ranked[0]}** ({_pct(avg[ranked[0]])})."]
-    pm = [m for m in merges if m.split(":", 1)[1].split(" ")[0] == "pivotmerge"]
-    for name in pm:
-        rank = ranked.index(name) + 1
+    informative = [b for b in table.benchmarks
+                   if len({round(c.mean, 6) for m in merges if (c := table.cell(m, b)) is not None}) > 1]
+    lines = [f"Best merged projector on the average: **{ranked[0]}** ({avg[ranked[0]]:.1f})."]
+    normalized = {m: table.normalized[m].mean for m in merges if table.normalized.get(m) is not None}
+    if normalized:
+        best_norm = max(normalized, key=normalized.get)
+        lines.append(f"Best merged projector on the normalized in-source score: **{best_norm}** "
+                     f"({normalized[best_norm]:.1f}% of the experts' own-source accuracy).")
+    for name in [m for m in merges if m.split(":", 1)[1].split(" ")[0] == "pivotmerge"]:
         others = [m for m in ranked if m != name]
-        best_other = others[0] if others else None
-        text = f"{name} ranks {rank} of {len(ranked)} merged projectors ({_pct(avg[name])})"
-        if best_other:
-            delta = avg[name] - avg[best_other]
-            verdict = "ahead of" if delta > 0 else "behind"
-            text += f", {abs(delta) * 100:.1f} points {verdict} the best other method ({best_other})"
+        text = f"{name} ranks {ranked.index(name) + 1} of {len(ranked)} merged projectors ({avg[name]:.1f})"
+        if others:
+            delta = avg[name] - avg[others[0]]
+            text += f", {abs(delta):.1f} points {'ahead of' if delta > 0 else 'behind'} the best other ({others[0]})"
         ties = [m for m in merges if m.split(":", 1)[1] == "ties"]
         if ties:
-            delta = avg[name] - avg[ties[0]]
-            text += f"; vs TIES: {delta * 100:+.1f} points"
+            text += f"; vs TIES: {avg[name] - avg[ties[0]]:+.1f} points"
         lines.append(text + ".")
-        wins = [b for b in table.benchmarks if table.cell(name, b) is not None and all(
+        best_on = [b for b in informative if table.cell(name, b) is not None and all(
             table.cell(o, b) is None or table.cell(name, b).mean >= table.cell(o, b).mean for o in merges)]
-        losses = [b for b in table.benchmarks if b not in wins]
-        lines.append(f"It is the best merge on {len(wins)} of {len(table.benchmarks)} benchmarks"
-                     + (f" and not on: {', '.join(losses)}." if losses else "."))
+        lines.append(f"It is the best (or tied best) merge on {len(best_on)} of {len(informative)} benchmarks "
+                     "on which the merges differ" + (f": {', '.join(best_on)}." if best_on else "."))
+    lines += identical_rows(table, merges)
     if "joint" in table.models and table.average.get("joint") is not None:
         gap = avg[ranked[0]] - table.average["joint"].mean
         lines.append(f"The joint projector (trained on the union, same budget) averages "
-                     f"{_pct(table.average['joint'].mean)}; the best merge is {gap * 100:+.1f} points from it.")
+                     f"{table.average['joint'].mean:.1f}; the best merge is {gap:+.1f} points from it.")
     lines += signal_checks(table)
+    if all(c.std is None or c.n == 1 for c in table.average.values()):
+        lines.append("One seed: with a few hundred items per benchmark, differences of a few points between "
+                     "merges are within sampling noise; only several seeds (experiment=paper_table) can separate them.")
     if table.average.get("pivot") is not None:
-        lines.append(f"The pivot averages {_pct(table.average['pivot'].mean)}; "
+        lines.append(f"The pivot averages {table.average['pivot'].mean:.1f}; "
                      f"{sum(avg[m] > table.average['pivot'].mean for m in merges)} of {len(merges)} merges beat it.")
     return lines
+
+
+def identical_rows(table, merges) -> list[str]:
+    """Merged rows that score exactly alike everywhere (e.g. an ablation that reduces to a baseline)."""
+    lines, seen = [], set()
+    for i, first in enumerate(merges):
+        same = [m for m in merges[i + 1:] if m not in seen and all(
+            (table.cell(first, b) is None) == (table.cell(m, b) is None)
+            and (table.cell(first, b) is None or table.cell(first, b).mean == table.cell(m, b).mean)
+            for b in table.benchmarks)]
+        if same:
+            seen.update(same)
+            lines.append(f"{first} and {', '.join(same)} score identically on every benchmark.")
+    return lines
+
+
+def flat_columns(table) -> list[str]:
+    return [b for b in table.benchmarks
+            if len({round(c.mean, 6) for m in table.models if (c := table.cell(m, b)) is not None}) == 1]
 
 
 def signal_checks(table) -> list[str]:
     """Where the table cannot tell methods apart, say so instead of letting a column look meaningful."""
     lines = []
-    flat = [b for b in table.benchmarks
-            if len({round(c.mean, 6) for m in table.models if (c := table.cell(m, b)) is not None}) == 1]
+    flat = flat_columns(table)
     if flat:
-        lines.append(f"No signal: every projector scores the same on {', '.join(flat)}, so these columns cannot "
-                     "rank methods at this scale (stage-1 alignment on captions only does not teach answering).")
+        lines.append(f"No signal: every projector scores the same on {', '.join(flat)}, so "
+                     f"{'these columns' if len(flat) > 1 else 'this column'} cannot rank methods at this scale "
+                     "(stage-1 alignment on captions only does not teach answering).")
     for bench in table.benchmarks:
         source = bench.removeprefix("pm_mc_") if bench.startswith("pm_mc_") else None
         expert = f"expert:{source}" if source else None
@@ -88,17 +113,14 @@ def signal_checks(table) -> list[str]:
         others = [m for m in table.models if m != expert and table.cell(m, bench) is not None]
         best = max(others, key=lambda m: table.cell(m, bench).mean) if others else None
         if best is not None and table.cell(best, bench).mean >= table.cell(expert, bench).mean:
-            lines.append(f"{expert} does not lead on its own source ({bench}: "
-                         f"{_pct(table.cell(expert, bench).mean)} vs {best} {_pct(table.cell(best, bench).mean)}).")
+            mine, theirs = table.cell(expert, bench).mean, table.cell(best, bench).mean
+            lines.append(f"{expert} does not lead on its own source ({bench}: {mine:.1f}, "
+                         f"{'tied with' if theirs == mine else 'below'} {best} {theirs:.1f}).")
     return lines
 
 
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def _pct(value: float) -> str:
-    return f"{value * 100:.1f}" if value <= 1.5 else f"{value:.1f}"
 
 
 def section(title: str, command: str, store: Path, figures: Path, slug: str) -> str:

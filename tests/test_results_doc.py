@@ -43,5 +43,24 @@ def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
                  _row(model, "pm_open_words", open_, metric="exact_match")]
     lines = signal_checks(build_table(rows))
     assert any(line.startswith("No signal") and "pm_open_words" in line and "pm_mc" not in line for line in lines)
-    assert any("expert:words does not lead" in line and "merge:ties" in line for line in lines)
+    assert any("expert:words does not lead" in line and "below merge:ties 40.0" in line for line in lines)
     assert not any("expert:digits does not lead" in line for line in lines)
+
+
+def test_findings_state_gaps_in_table_units_and_spot_identical_rows():
+    from eval.report import build_table
+    from experiments.results_doc import findings
+    from tests.test_eval_report import _row
+
+    rows = []
+    for model, digits, words in (("pivot", 0.25, 0.25), ("expert:digits", 0.60, 0.20), ("expert:words", 0.20, 0.50),
+                                 ("merge:ties", 0.40, 0.30), ("merge:pivotmerge", 0.33, 0.32),
+                                 ("merge:pm_all_off", 0.40, 0.30)):
+        rows += [_row(model, "pm_mc_digits", digits), _row(model, "pm_mc_words", words)]
+    lines = findings(build_table(rows))
+    # averages 35.0 (ties, pm_all_off) and 32.5 (pivotmerge): gaps in points of the table, not x100
+    assert any("merge:pivotmerge ranks 3 of 3" in line and "2.5 points behind" in line
+               and "vs TIES: -2.5 points" in line for line in lines), lines
+    assert any(line == "merge:ties and merge:pm_all_off score identically on every benchmark." for line in lines)
+    assert any("best (or tied best) merge on 1 of 2 benchmarks" in line and "pm_mc_words" in line for line in lines)
+    assert any(line.startswith("One seed:") for line in lines)
