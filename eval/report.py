@@ -226,22 +226,31 @@ def plot_bars(table: Table, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     columns = [c for c in table.benchmarks if is_percent(table.metrics[c])] + ["Average"]
-    width = 0.8 / max(1, len(table.models))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) * max(1, len(table.models)) * 0.35 + 3), 4))
+    n_models = max(1, len(table.models))
+    width = 0.8 / n_models
+    # Readable at any row count: the figure widens with the bars but stays page-sized; the legend sits outside.
+    fig, ax = plt.subplots(figsize=(min(18.0, max(8.0, 0.16 * len(columns) * n_models + 4)), 4.5))
+    palette = plt.get_cmap("tab20" if n_models > 10 else "tab10")
     for i, model in enumerate(table.models):
         xs, ys, errs = [], [], []
         for j, column in enumerate(columns):
             cell = table.cell(model, column)
             if cell is None:
                 continue   # a gap, not a zero bar
-            xs.append(j + (i - (len(table.models) - 1) / 2) * width)
+            xs.append(j + (i - (n_models - 1) / 2) * width)
             ys.append(cell.mean)
             errs.append(cell.std or 0.0)
-        ax.bar(xs, ys, width=width, yerr=errs, label=model, capsize=2)
+        # the references (pivot, experts) are muted so the merged rows stand out
+        style = ({"color": "0.55"} if model == "pivot" else
+                 {"color": palette(i % palette.N), "alpha": 0.45} if model.startswith("expert:") else
+                 {"color": palette(i % palette.N)})
+        ax.bar(xs, ys, width=width, yerr=errs if any(errs) else None, label=model, capsize=2, **style)
     ax.set_xticks(range(len(columns)))
     ax.set_xticklabels([short_name(c) for c in columns], rotation=30, ha="right")
     ax.set_ylabel("score (%)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
