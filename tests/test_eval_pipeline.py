@@ -166,3 +166,17 @@ def test_unknown_benchmark_name_is_a_config_error(tmp_path, tiny_mllm, tiny_mode
     ctx.cfg.eval.tasks = ["pm_mc_digits", "pm_no_such_benchmark"]
     with pytest.raises(ConfigError, match="pm_no_such_benchmark"):
         stage.run(ctx)
+
+
+def test_evaluation_from_scratch_is_reproducible(tmp_path, tiny_mllm, tiny_model_cfg):
+    """Same projectors, same suite, two empty caches: the stores hold identical numbers (no sampling anywhere)."""
+    from eval import stage
+
+    values = []
+    for run_name in ("a", "b"):
+        ctx = make_context(tmp_path / run_name, tiny_mllm, tiny_model_cfg)
+        stage.run(ctx)
+        rows = [json.loads(line) for line in (ctx.output_dir / "results" / "results.jsonl").read_text().splitlines()]
+        assert not any(r["status"] == "reused" for r in ctx.log.rows if r["name"] in ("pivot", "merge:average"))
+        values.append(sorted((r["model"], r["benchmark"], r["metric"], r["value"]) for r in rows))
+    assert values[0] == values[1] and len(values[0]) > 20
