@@ -140,9 +140,85 @@ def section(title: str, command: str, store: Path, figures: Path, slug: str) -> 
                   "`python experiments/heldout_loss.py experiment=...`):", "", heldout.read_text()]
     selection = sorted(store.parent.glob("selection_seed*.json"))
     if selection:
-        chosen = json.loads(selection[0].read_text())
-        parts += ["", f"Options selected on the val splits ({selection[0].name}, same budget per method):", ""]
-        parts += [f"- {name}: `{entry['chosen']}`" for name, entry in chosen.items()]
+        chosen = {path.stem.removeprefix("selection_"): json.loads(path.read_text()) for path in selection}
+        parts += ["", "Options selected on the val splits (lowest val caption loss among the same number of "
+                  f"candidates per method; {', '.join(p.name for p in selection)}):", ""]
+        methods = list(dict.fromkeys(name for per_seed in chosen.values() for name in per_seed))
+        for name in methods:
+            picks = [f"{seed}: `{per_seed[name]['chosen']}`" for seed, per_seed in chosen.items() if name in per_seed]
+            parts.append(f"- {name}: " + "; ".join(picks))
+    return "\n".join(parts) + "\n"
+
+
+def sweep_overrides(sweep_dir: Path) -> tuple[list[str], list[str]]:
+    """(swept, fixed) command-line overrides of a multirun sweep, read from its multirun.yaml."""
+    import yaml
+
+    config = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
+    task = list(config["hydra"]["overrides"]["task"])
+    swept = [o for o in task if "," in o.split("=", 1)[-1]]
+    return swept, [o for o in task if o not in swept]
+
+
+def sweep_slug(swept: str) -> str:
+    return "sweep_" + "".join(c if c.isalnum() else "_" for c in swept).strip("_")
+
+
+def newest_sweeps(multirun: Path) -> dict[str, Path]:
+    """The newest finished sweep (one with a sweep table) per swept parameter, in the order they ran."""
+    found: dict[str, Path] = {}
+    for table in sorted(multirun.glob("*/*/sweep_table/table.md"), key=lambda p: p.parent.parent.name):
+        sweep_dir = table.parent.parent
+        try:
+            swept, _ = sweep_overrides(sweep_dir)
+        except (OSError, KeyError, TypeError):
+            continue
+        name = " x ".join(o.split("=", 1)[0] for o in swept) or sweep_dir.name
+        found.pop(name, None)
+        found[name] = sweep_dir
+    return found
+
+
+def sweep_findings(table, swept: str) -> list[str]:
+    """The sweep's spread: best and worst setting on the average and the normalized score."""
+    merges = [m for m in table.models if m.startswith("merge:") and table.average.get(m) is not None]
+    if len(merges) < 2:
+        return ["Fewer than two swept settings were evaluated."]
+    lines = []
+    for label, scores in (("average", table.average), ("normalized score", table.normalized)):
+        values = {m: scores[m].mean for m in merges if scores.get(m) is not None}
+        if len(values) < 2:
+            continue
+        best, worst = max(values, key=values.get), min(values, key=values.get)
+        lines.append(f"On the {label}, {best} is best ({values[best]:.1f}) and {worst} worst "
+                     f"({values[worst]:.1f}): a spread of {values[best] - values[worst]:.1f} points.")
+    for other in ("pivot",):
+        if table.average.get(other) is not None:
+            beat = sum(table.average[m].mean > table.average[other].mean for m in merges)
+            lines.append(f"{beat} of {len(merges)} settings average above the {other} "
+                         f"({table.average[other].mean:.1f}).")
+    lines += identical_rows(table, merges)
+    if all(c.std is None or c.n == 1 for c in table.average.values()):
+        lines.append(f"One seed per setting: a spread of a point or two across {swept} is within sampling noise.")
+    return lines
+
+
+def sweep_section(swept: str, sweep_dir: Path, figures: Path) -> str:
+    from eval.sweep import sweep_rows
+
+    swept_overrides, fixed = sweep_overrides(sweep_dir)
+    table = build_table(sweep_rows(sweep_dir))
+    slug = sweep_slug(swept)
+    png = sweep_dir / "sweep_table" / "scores.png"
+    if png.is_file():
+        shutil.copy(png, figures / f"{slug}.png")
+    command = "python run.py -m " + " ".join(fixed + swept_overrides)
+    parts = [f"## Sweep: {swept}", "", f"Command: `{command}`  ",
+             f"Sweep folder: `{_shown(sweep_dir)}` ({len(list(sweep_dir.glob('[0-9]*')))} jobs; table and plot "
+             "written by the sweep's own callback from the jobs' results stores)", "", to_markdown(table), ""]
+    if png.is_file():
+        parts += [f"![{swept}](figures/{slug}.png)", ""]
+    parts += ["What it shows:", ""] + [f"- {line}" for line in sweep_findings(table, swept)]
     return "\n".join(parts) + "\n"
 
 
@@ -179,17 +255,12 @@ def main(argv=None):
         store = newest_store(outputs, experiment)
         if store is not None:
             sections.append(section(experiment, command, store, figures, experiment))
-    for sweep_table in sorted(Path(args.multirun).glob("*/*/sweep_table/table.md")):
-        sweep_dir = sweep_table.parent.parent
-        overrides = sorted({line for job in sweep_dir.glob("*/.hydra/overrides.yaml")
-                            for line in job.read_text().splitlines() if "experiment=" not in line})
-        slug = f"sweep_{sweep_dir.parent.name}_{sweep_dir.name}"
-        png = sweep_table.parent / "scores.png"
-        if png.is_file():
-            shutil.copy(png, figures / f"{slug}.png")
-        sections.append(f"## Sweep {sweep_dir.parent.name} ({sweep_dir.name})\n\nJobs: "
-                        f"{', '.join(o.strip('- ') for o in overrides)}\n\n{sweep_table.read_text()}\n"
-                        + (f"\n![sweep](figures/{slug}.png)\n" if png.is_file() else ""))
+    sweeps = newest_sweeps(Path(args.multirun))
+    for stale in figures.glob("sweep_*.png"):
+        if stale.stem not in {sweep_slug(swept) for swept in sweeps}:
+            stale.unlink()
+    for swept, sweep_dir in sweeps.items():
+        sections.append(sweep_section(swept, sweep_dir, figures))
     header = ["# Results", "",
               f"Generated by `python experiments/results_doc.py` on {time.strftime('%Y-%m-%d %H:%M')} from the "
               "results stores under `outputs/` and `multirun/`; no number below is typed by hand. Scores are "

@@ -64,3 +64,32 @@ def test_findings_state_gaps_in_table_units_and_spot_identical_rows():
     assert any(line == "merge:ties and merge:pm_all_off score identically on every benchmark." for line in lines)
     assert any("best (or tied best) merge on 1 of 2 benchmarks" in line and "pm_mc_words" in line for line in lines)
     assert any(line.startswith("One seed:") for line in lines)
+
+
+def test_sweep_sections_name_the_swept_option_and_keep_only_the_newest_sweep(tmp_path):
+    import yaml
+
+    from tests.test_sweep import _job, _row
+
+    def sweep(run, values, scores):
+        folder = tmp_path / "multirun" / "ablation" / run
+        task = ["experiment=ablation", "merge.pivotmerge.lam=0.3", f"merge.pivotmerge.rank_ratio={','.join(values)}"]
+        for index, (value, score) in enumerate(zip(values, scores)):
+            _job(folder / str(index), ["experiment=ablation", "merge.pivotmerge.lam=0.3",
+                                       f"merge.pivotmerge.rank_ratio={value}"],
+                 [_row("pivot", 0.3), _row("merge:pivotmerge", score)])
+        (folder / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+        (folder / "sweep_table").mkdir()
+        (folder / "sweep_table" / "table.md").write_text("callback table\n")
+
+    sweep("2026-01-01_00-00-00", ["0.1", "0.9"], [0.0, 0.0])
+    sweep("2026-01-02_00-00-00", ["0.25", "0.75"], [0.5, 0.2])
+    doc = tmp_path / "docs" / "results.md"
+    main(["--outputs", str(tmp_path / "none"), "--multirun", str(tmp_path / "multirun"), "--doc", str(doc),
+          "--readme", str(tmp_path / "no_readme.md")])
+    text = doc.read_text()
+    assert text.count("## Sweep: merge.pivotmerge.rank_ratio") == 1 and "2026-01-02_00-00-00" in text
+    assert ("`python run.py -m experiment=ablation merge.pivotmerge.lam=0.3 "
+            "merge.pivotmerge.rank_ratio=0.25,0.75`") in text
+    assert "rank_ratio=0.25] is best (50.0)" in text and "a spread of 30.0 points" in text
+    assert "1 of 2 settings average above the pivot (30.0)" in text
