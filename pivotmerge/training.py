@@ -21,6 +21,24 @@ DEFAULT_INSTRUCTIONS = ["Describe the image briefly.", "What is shown in this im
                         "Give a short caption for the image."]
 
 
+class StageProgressBar(L.pytorch.callbacks.TQDMProgressBar):
+    """Steps of one training stage, named by it ("expert digits 34/60"), with the loss; no epoch counter
+    (a stage is a number of steps, so Lightning's "Epoch 0/-2" would only confuse)."""
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(self.label)
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 @dataclass
 class CaptionSource:
     """A source's cached train features with the caption templates that turn labels into text."""

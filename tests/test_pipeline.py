@@ -52,13 +52,16 @@ def test_data_splits_are_disjoint_and_deterministic(first_run):
     assert len(set(data["test"]["label"])) == 8  # label-balanced test split (10 digit classes, 8 rows)
 
 
-def test_changing_an_expert_option_reuses_upstream(first_run, tiny_model_cfg, tmp_path):
+def test_changing_an_expert_option_reuses_upstream(first_run, tiny_model_cfg, tmp_path, capsys):
     tmp, _, _ = first_run
-    cfg = compose_cfg(tmp, tiny_model_cfg, [STAGES, "scenario.experts.steps=2"])
+    cfg = compose_cfg(tmp, tiny_model_cfg, [STAGES, "scenario.experts.steps=2", "trainer.progress_bar=true"])
     ctx = run(cfg)
     status = {r["stage"]: r["status"] for r in ctx.log.rows}
     assert status["data"] == status["features"] == status["pivot"] == "reused"
     assert status["expert"] == "ran"
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "expert digits: 100%" in shown and "2/2" in shown   # the bar names the stage and counts steps
 
 
 def test_seed_changes_pivot_and_experts(first_run, tiny_model_cfg):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from pivotmerge.errors import CacheError
 from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
-from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlignment
+from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlignment, StageProgressBar
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -56,6 +56,8 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
         callbacks = [L.pytorch.callbacks.ModelCheckpoint(
             dirpath=checkpoint_dir, save_last=True, save_top_k=0,
             every_n_train_steps=int(train_cfg.checkpoint_every))]
+        if train_cfg.progress_bar:
+            callbacks.append(StageProgressBar(f"{stage} {name}"))
         trainer = L.Trainer(
             max_steps=steps, accelerator=train_cfg.accelerator, devices=train_cfg.devices,
             strategy=train_cfg.strategy, precision=train_cfg.precision,
