@@ -123,6 +123,21 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def selection_summary(entry: dict) -> str:
+    """The searched options' chosen values (those that differ between candidates), flagging grid edges."""
+    candidates = [c["options"] for c in entry.get("candidates", [])]
+    searched = [k for k in entry["chosen"] if len({json.dumps(c.get(k)) for c in candidates}) > 1]
+    if not searched:
+        return "(one candidate: nothing searched)"
+    shown = []
+    for key in searched:
+        value = entry["chosen"][key]
+        tried = sorted({c[key] for c in candidates if isinstance(c.get(key), (int, float))})
+        edge = isinstance(value, (int, float)) and len(tried) > 1 and value in (tried[0], tried[-1])
+        shown.append(f"{key}={value}" + (" (edge of the grid)" if edge else ""))
+    return "`" + ", ".join(shown) + "`"
+
+
 def section(title: str, command: str, store: Path, figures: Path, slug: str) -> str:
     rows = read_rows([store])
     table = build_table(rows)
@@ -145,7 +160,8 @@ def section(title: str, command: str, store: Path, figures: Path, slug: str) -> 
                   f"candidates per method; {', '.join(p.name for p in selection)}):", ""]
         methods = list(dict.fromkeys(name for per_seed in chosen.values() for name in per_seed))
         for name in methods:
-            picks = [f"{seed}: `{per_seed[name]['chosen']}`" for seed, per_seed in chosen.items() if name in per_seed]
+            picks = [f"{seed} {selection_summary(per_seed[name])}" for seed, per_seed in chosen.items()
+                     if name in per_seed]
             parts.append(f"- {name}: " + "; ".join(picks))
     return "\n".join(parts) + "\n"
 

@@ -93,3 +93,16 @@ def test_sweep_sections_name_the_swept_option_and_keep_only_the_newest_sweep(tmp
             "merge.pivotmerge.rank_ratio=0.25,0.75`") in text
     assert "rank_ratio=0.25] is best (50.0)" in text and "a spread of 30.0 points" in text
     assert "1 of 2 settings average above the pivot (30.0)" in text
+
+
+def test_selection_summary_shows_searched_options_and_grid_edges():
+    from experiments.results_doc import selection_summary
+
+    def entry(chosen_lam, lams):
+        return {"chosen": {"density": 0.2, "lam": chosen_lam},
+                "candidates": [{"options": {"density": 0.2, "lam": lam}, "val_loss": 1.0} for lam in lams]}
+
+    assert selection_summary(entry(0.3, [1.0, 0.3, 0.5])) == "`lam=0.3 (edge of the grid)`"
+    assert selection_summary(entry(0.5, [1.0, 0.3, 0.5])) == "`lam=0.5`"
+    assert selection_summary({"chosen": {}, "candidates": [{"options": {}, "val_loss": 1.0}]}) == \
+        "(one candidate: nothing searched)"
