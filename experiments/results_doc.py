@@ -41,8 +41,7 @@ def findings(table) -> list[str]:
         return ["No merged projector was evaluated."]
     avg = {m: table.average[m].mean for m in merges}
     ranked = sorted(merges, key=lambda m: -avg[m])
-    informative = [b for b in table.benchmarks
-                   if len({round(c.mean, 6) for m in merges if (c := table.cell(m, b)) is not None}) > 1]
+    informative = [b for b in table.benchmarks if b not in flat_columns(table, merges)]
     lines = [f"Best merged projector on the average: **{ranked[0]}** ({avg[ranked[0]]:.1f})."]
     normalized = {m: table.normalized[m].mean for m in merges if table.normalized.get(m) is not None}
     if normalized:
@@ -69,7 +68,7 @@ def findings(table) -> list[str]:
         lines.append(f"The joint projector (trained on the union, same budget) averages "
                      f"{table.average['joint'].mean:.1f}; the best merge is {gap:+.1f} points from it.")
     lines += signal_checks(table)
-    if all(c.std is None or c.n == 1 for c in table.average.values()):
+    if single_seed(table):
         lines.append("One seed: with a few hundred items per benchmark, differences of a few points between "
                      "merges are within sampling noise; only several seeds (experiment=paper_table) can separate them.")
     if table.average.get("pivot") is not None:
@@ -92,9 +91,15 @@ def identical_rows(table, merges) -> list[str]:
     return lines
 
 
-def flat_columns(table) -> list[str]:
+def flat_columns(table, models=None) -> list[str]:
+    """Benchmarks on which the given rows (default: all) cannot be told apart."""
+    models = table.models if models is None else models
     return [b for b in table.benchmarks
-            if len({round(c.mean, 6) for m in table.models if (c := table.cell(m, b)) is not None}) == 1]
+            if len({round(c.mean, 6) for m in models if (c := table.cell(m, b)) is not None}) <= 1]
+
+
+def single_seed(table) -> bool:
+    return all(c.std is None or c.n == 1 for c in table.average.values())
 
 
 def signal_checks(table) -> list[str]:
@@ -208,13 +213,12 @@ def sweep_findings(table, swept: str) -> list[str]:
         best, worst = max(values, key=values.get), min(values, key=values.get)
         lines.append(f"On the {label}, {best} is best ({values[best]:.1f}) and {worst} worst "
                      f"({values[worst]:.1f}): a spread of {values[best] - values[worst]:.1f} points.")
-    for other in ("pivot",):
-        if table.average.get(other) is not None:
-            beat = sum(table.average[m].mean > table.average[other].mean for m in merges)
-            lines.append(f"{beat} of {len(merges)} settings average above the {other} "
-                         f"({table.average[other].mean:.1f}).")
+    pivot = table.average.get("pivot")
+    if pivot is not None:
+        beat = sum(table.average[m].mean > pivot.mean for m in merges)
+        lines.append(f"{beat} of {len(merges)} settings average above the pivot ({pivot.mean:.1f}).")
     lines += identical_rows(table, merges)
-    if all(c.std is None or c.n == 1 for c in table.average.values()):
+    if single_seed(table):
         lines.append(f"One seed per setting: a spread of a point or two across {swept} is within sampling noise.")
     return lines
 
