@@ -52,7 +52,52 @@ def test_caption_loss_matches_full_logits(tiny_mllm):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+def test_reusing_the_chat_prefix_cache_changes_neither_loss_nor_gradients(tiny_mllm):
+    """Training reads the chat prefix's keys/values from a cache: same loss and projector gradients."""
+    assert tiny_mllm.num_head_tokens > 0
+    torch.manual_seed(1)
+    features = torch.randn(3, 4, 24)
+    batch = tiny_mllm.collate_text([tiny_mllm.encode_text("Describe.", c) for c in ["a cat", "a red bird", "b"]])
+    results = []
+    for reuse in (False, True):
+        tiny_mllm.reuse_head_kv = reuse
+        tiny_mllm.projector.zero_grad(set_to_none=True)
+        loss = tiny_mllm.caption_loss(features, **batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in tiny_mllm.projector.parameters()]))
+    tiny_mllm.projector.zero_grad(set_to_none=True)
+    (loss_full, grads_full), (loss_cached, grads_cached) = results
+    assert torch.allclose(loss_full, loss_cached, atol=1e-6)
+    for full, cached in zip(grads_full, grads_cached):
+        assert full.abs().sum() > 0
+        assert torch.allclose(full, cached, atol=1e-6, rtol=1e-4)
+    assert all(p.grad is None for p in tiny_mllm.llm.parameters())
+
+
 def test_feature_dim_mismatch_is_a_clear_error(tiny_mllm):
     batch = tiny_mllm.collate_text([tiny_mllm.encode_text("Describe.", "a cat")])
     with pytest.raises(ConfigError, match="do not fit the projector"):
         tiny_mllm.caption_loss(torch.randn(1, 4, 25), **batch)
+
+
+def test_fold_batchnorm_keeps_the_output_and_removes_every_conv_bn_pair():
+    from torch import nn
+
+    from pivotmerge.models.vision import fold_batchnorm
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+                          nn.Sequential(nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.BatchNorm2d(8)),
+                          nn.BatchNorm2d(8))   # a BN after a BN is not a conv+BN pair: it stays
+    for bn in [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]:
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-1, 1)
+    block.eval()
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        expected = block(x)
+        assert fold_batchnorm(block) == 2
+        assert torch.allclose(block(x), expected, atol=1e-5)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in block.modules()) == 1

@@ -31,30 +31,13 @@ def answer_ids(mllm, answer: str, include_end: bool = True) -> list[int]:
     return mllm.tokenizer(text, add_special_tokens=False).input_ids
 
 
-def _head_kv(mllm):
-    """Keys/values of the chat prefix that precedes the visual tokens, computed once per model.
-
-    That prefix is the same for every item and every projector (it comes before the image), so its
-    attention state is reused instead of being recomputed in every batch.
-    """
-    key = (str(mllm.prefix_ids.device), str(mllm.llm.dtype), tuple(mllm.prefix_ids.tolist()))
-    stored = getattr(mllm, "_head_kv_cache", None)
-    if stored is None or stored[0] != key:
-        out = mllm.llm.base_model(input_ids=mllm.prefix_ids.unsqueeze(0), use_cache=True)
-        stored = (key, [(layer.keys, layer.values) for layer in out.past_key_values.layers])
-        mllm._head_kv_cache = stored
-    return stored[1]
-
-
 def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str], extra: list[list[int]] | None = None):
     """One forward over [prefix][visual][instruction][extra tokens] (right-padded).
 
     Returns (cache, hidden states, last valid hidden [B, H], valid lengths [B], attention mask, offset);
     `hidden[:, j]` is the hidden state of sequence position `j + offset` (the chat prefix comes from
-    `_head_kv`, so its positions have no hidden state here).
+    `MLLM.head_kv`, so its positions have no hidden state here).
     """
-    from transformers import DynamicCache
-
     encoded = [mllm.encode_text(instruction) for instruction in instructions]
     if extra is not None:
         encoded = [(ids + list(more), start) for (ids, start), more in zip(encoded, extra)]
@@ -64,12 +47,7 @@ def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str], extra
     lengths = mask.sum(dim=1)                                    # valid tokens per row
     rows = inputs.shape[0]
     offset = mllm.num_head_tokens
-    cache = None
-    if offset:
-        cache = DynamicCache()
-        for layer, (keys, values) in enumerate(_head_kv(mllm)):
-            cache.update(keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(),
-                         layer)
+    cache = mllm.head_cache(rows)
     position_ids = torch.arange(offset, inputs.shape[1], device=device).unsqueeze(0).expand(rows, -1)
     out = mllm.llm.base_model(inputs_embeds=inputs[:, offset:], attention_mask=mask, position_ids=position_ids,
                               past_key_values=cache, use_cache=True)

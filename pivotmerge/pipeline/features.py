@@ -27,9 +27,10 @@ def feature_spec(vision_cfg, data_key: str) -> dict:
     return {"vision": vision_cfg, "data": data_key}
 
 
-def run_features_stage(store: ArtifactStore, name: str, data_artifact: Artifact, vision_cfg, tower_factory,
-                       batch_size: int = 64) -> Artifact:
+def run_features_stage(store: ArtifactStore, name: str, data_artifact: Artifact, vision_cfg,
+                       tower_factory) -> Artifact:
     spec = feature_spec(vision_cfg, data_artifact.key)
+    batch_size = int(vision_cfg.get("encode_batch_size") or 64)
     key = content_key("features", spec)
     if store.exists("features", key):
         return Artifact("features", key, store.folder("features", key), reused=True)

@@ -46,6 +46,7 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
     mllm.projector.load_state_dict(init_state)
     metrics: dict = {"name": name, "steps": steps, "seed": seed}
     if steps > 0:
+        mllm.reuse_head_kv = "fsdp" not in str(train_cfg.strategy).lower()
         L.seed_everything(seed, workers=True, verbose=False)
         datamodule = CaptionDataModule(mllm, train, val, batch_size=int(train_cfg.batch_size), max_steps=steps,
                                        seed=seed, val_samples=int(train_cfg.val_samples))
