@@ -110,7 +110,7 @@ class PivotMergeLMM(lmms):
 
     def __init__(self, mllm=None, projector=None, model_config: str | None = "embedded", cache_dir=None,
                  batch_size=16, max_new_tokens: int = 16, device: str | None = None, gen_batch_size=64,
-                 **kwargs):
+                 progress: bool = True, **kwargs):
         super().__init__()
         if mllm is None:
             from pivotmerge.models.mllm import build_mllm
@@ -127,6 +127,7 @@ class PivotMergeLMM(lmms):
         self.gen_batch_size = max(1, int(gen_batch_size or self.batch_size_per_gpu))
         self.max_new_tokens = int(max_new_tokens)
         self.features = FeatureCache()
+        self.progress = progress
         self.projector_name = "seeded"
         if projector is not None:
             self.load_projector(projector)
@@ -211,7 +212,8 @@ class PivotMergeLMM(lmms):
         keys = list(items)
         features = self._features_for([visuals[k] for k in keys])
         results: list = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc=f"loglikelihood [{self.projector_name}]", leave=False)
+        bar = tqdm(total=len(requests), desc=f"loglikelihood [{self.projector_name}]", leave=False,
+                   disable=not self.progress)
         for batch in self._batches(list(range(len(keys))), features, self.batch_size_per_gpu):
             feats = torch.stack([features[i] for i in batch])
             instructions = [keys[i][3] for i in batch]
@@ -256,7 +258,8 @@ class PivotMergeLMM(lmms):
             settings.append(self._gen_settings(gen_kwargs))
         features = self._features_for(visual_lists)
         outputs = []
-        bar = tqdm(total=len(requests), desc=f"generate [{self.projector_name}]", leave=False)
+        bar = tqdm(total=len(requests), desc=f"generate [{self.projector_name}]", leave=False,
+                   disable=not self.progress)
         chunk = max(1, self.gen_batch_size * 4)
         for start in range(0, len(requests), chunk):
             stop = start + chunk
@@ -268,7 +271,8 @@ class PivotMergeLMM(lmms):
     def generate_until_multi_round(self, requests) -> list[list[str]]:
         """Rounds driven by the task's doc_to_text(doc, previous_output=..., round_idx=...) until terminal."""
         results = []
-        for request in tqdm(requests, desc=f"multi-round [{self.projector_name}]", leave=False):
+        for request in tqdm(requests, desc=f"multi-round [{self.projector_name}]", leave=False,
+                            disable=not self.progress):
             context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
             doc = self.task_dict[task][split][doc_id]
             visuals = self._visuals(doc_to_visual, doc_id, task, split)

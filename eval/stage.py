@@ -80,7 +80,7 @@ def append_rows(results_dir: Path, rows: list[dict]) -> Path:
 
 
 def _suite_and_tasks(ctx):
-    """(task names, TaskManager, task metadata, suite key)."""
+    """(task names, TaskManager arguments, task metadata, suite key)."""
     from lmms_eval.tasks import TaskManager
 
     ecfg = ctx.cfg.eval
@@ -94,26 +94,102 @@ def _suite_and_tasks(ctx):
             raise ConfigError(f"eval.tasks names {unknown}, which lmms-eval does not know")
         primary = dict(_plain(ecfg.get("primary_metrics")) or {})
         meta = {t: {"kind": "standard", "primary": primary.get(t), "sources": []} for t in tasks}
-        return tasks, manager, meta, "lmms_standard"
+        return tasks, {}, meta, "lmms_standard"
     from eval.suite import build_or_reuse_suite
 
     suite = build_or_reuse_suite(ctx)
     tasks = suite.select(_plain(ecfg.get("tasks")))
-    manager = TaskManager(verbosity="WARNING", include_path=str(suite.folder), include_defaults=False)
-    return tasks, manager, suite.tasks, suite.key
+    return tasks, {"include_path": str(suite.folder), "include_defaults": False}, suite.tasks, suite.key
 
 
-def prefill_features(ctx, adapter) -> int:
-    """Pre-fill the adapter's feature cache from the cached test features (row i == dataset row i)."""
+def task_manager(manager_args: dict):
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(verbosity="WARNING", **manager_args)
+
+
+def prefill_sources(ctx) -> list[tuple[str, "torch.Tensor"]]:
+    """(dataset folder, cached test features) per source: row i of one is image i of the other."""
+    return [(str(artifact.path), ctx.features[name].features["test"])
+            for name, artifact in ctx.data.items() if name in ctx.features]
+
+
+def prefill_features(adapter, sources) -> int:
+    """Pre-fill the adapter's feature cache from the cached test features."""
     from pivotmerge.pipeline.data import load_dataset_dict
 
     total = 0
-    for name, artifact in ctx.data.items():
-        if name not in ctx.features:
-            continue
-        images = load_dataset_dict(artifact.path)["test"]["image"]
-        total += adapter.features.prefill(list(images), ctx.features[name].features["test"])
+    for path, features in sources:
+        total += adapter.features.prefill(list(load_dataset_dict(path)["test"]["image"]), features)
     return total
+
+
+# ---- evaluation in worker processes --------------------------------------------------------------------
+# On a CPU the frozen LLM's matmuls scale poorly across threads at these sizes: two processes with one
+# thread each score ~1.3x the items/s of one process with two threads (docs/results.md, README timings).
+_WORKER: dict = {}
+
+
+def _worker_start(model_cfg, models_dir, seed, threads, adapter_args, sources, manager_args, with_vision):
+    import torch
+
+    from eval.lmms_model import PivotMergeLMM
+    from pivotmerge.models.mllm import build_mllm
+    from pivotmerge.pipeline.runner import _quiet_libraries
+
+    torch.set_num_threads(threads)
+    _quiet_libraries()
+    mllm = build_mllm(OmegaConf.create(model_cfg), models_dir, seed=seed, with_vision=with_vision)
+    adapter = PivotMergeLMM(mllm=mllm, progress=False, **adapter_args)
+    prefill_features(adapter, sources)
+    _WORKER.update(adapter=adapter, manager=task_manager(manager_args))
+
+
+def _worker_evaluate(job):
+    """(model name, key, results or None, seconds, skip reason or None) for one projector."""
+    name, key, state, tasks, settings, batch_size = job
+    started = time.perf_counter()
+    adapter = _WORKER["adapter"]
+    try:
+        adapter.load_projector(state, name=name)
+    except ConfigError as exc:
+        return name, key, None, time.perf_counter() - started, str(exc)
+    results = evaluate_model(adapter, tasks, _WORKER["manager"], settings, batch_size)
+    return name, key, results, time.perf_counter() - started, None
+
+
+def evaluate_in_workers(ctx, jobs: list, workers: int, adapter_args: dict, manager_args: dict,
+                        with_vision: bool) -> dict:
+    """Evaluate `jobs` ((name, key, projector state, tasks, settings, batch size)) in `workers` spawned
+    processes sharing the CPU threads; returns {key: (results or None, seconds, skip reason)}."""
+    import multiprocessing
+    import os
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    models_dir = OmegaConf.select(ctx.cfg, "paths.models_dir") or os.environ.get("PIVOTMERGE_MODELS", ".cache/models")
+    model_cfg = OmegaConf.to_container(ctx.cfg.model, resolve=True)
+    args = (model_cfg, models_dir, int(ctx.cfg.seed), threads, adapter_args, prefill_sources(ctx), manager_args,
+            with_vision)
+    print(f"[    eval] {len(jobs)} projectors in {workers} worker processes x {threads} thread(s)", flush=True)
+    done: dict = {}
+    # Worker progress bars would interleave on one terminal: the main process reports each finished model.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_start, initargs=args) as pool:
+            for position, (name, key, results, seconds, skipped) in enumerate(
+                    pool.imap_unordered(_worker_evaluate, jobs), start=1):
+                done[key] = (results, seconds, skipped)
+                print(f"[    eval] ({position}/{len(jobs)}) {name}: {'skipped' if skipped else 'done'} in "
+                      f"{seconds:.0f}s", flush=True)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+    return done
 
 
 def evaluate_model(adapter, tasks, manager, settings: dict, batch_size: int) -> dict:
@@ -129,51 +205,83 @@ def evaluate_model(adapter, tasks, manager, settings: dict, batch_size: int) -> 
 
 def run(ctx) -> None:
     from eval.lmms_model import PivotMergeLMM
+    from pivotmerge.pipeline.artifacts import Artifact
 
     cfg = ctx.cfg
     models = ctx.models()
     if not models:
         raise ConfigError("the eval stage has no models: run the pivot/experts/merge stages first")
     settings = eval_settings(cfg)
+    workers = cfg.eval.get("workers")
+    workers = 1 if workers is None else int(workers)
+    if workers < 1:
+        raise ConfigError(f"eval.workers must be >= 1, got {workers}")
     started = time.perf_counter()
-    tasks, manager, task_meta, suite_key = _suite_and_tasks(ctx)
+    tasks, manager_args, task_meta, suite_key = _suite_and_tasks(ctx)
     ctx.log.add("eval", f"suite ({len(tasks)} tasks)", None, time.perf_counter() - started, ", ".join(tasks))
-    mllm = ctx.mllm
-    if settings["name"] == "lmms_standard" and mllm.vision is None:
-        from pivotmerge.models.vision import build_vision_tower
-
-        mllm.vision = build_vision_tower(cfg.model.vision)
+    with_vision = settings["name"] == "lmms_standard"
     batch_size = int(cfg.eval.get("batch_size", 16))
-    adapter = PivotMergeLMM(mllm=mllm, batch_size=batch_size, max_new_tokens=settings["max_new_tokens"],
-                            gen_batch_size=int(cfg.eval.get("gen_batch_size", 64)))
-    prefilled = prefill_features(ctx, adapter)
-    print(f"[    eval] feature cache pre-filled with {prefilled} test images", flush=True)
+    adapter_args = {"batch_size": batch_size, "max_new_tokens": settings["max_new_tokens"],
+                    "gen_batch_size": int(cfg.eval.get("gen_batch_size", 64))}
+    store = ctx.store
+    keys, specs = {}, {}
+    for model_name, artifact in models.items():
+        specs[model_name] = {"projector": artifact.key, "suite": suite_key, "tasks": tasks, "eval": settings,
+                             "model": {"llm": cfg.model.llm, "vision": cfg.model.vision,
+                                       "projector": cfg.model.projector,
+                                       "system_prompt": cfg.model.get("system_prompt")}}
+        keys[model_name] = content_key("eval", specs[model_name])
+    pending = [name for name in models if not store.exists("eval", keys[name])]
+    in_workers: dict = {}
+    if workers > 1 and len(pending) > 1:
+        jobs = [(name, keys[name], ctx.projector(models[name]), tasks, settings, batch_size) for name in pending]
+        in_workers = evaluate_in_workers(ctx, jobs, min(workers, len(pending)), adapter_args, manager_args,
+                                         with_vision)
+    adapter = manager = None
     results_dir = Path(ctx.output_dir) / RESULTS_DIR
     (results_dir / "lmms").mkdir(parents=True, exist_ok=True)
     run_id = Path(ctx.output_dir).name
-    original = {k: v.clone() for k, v in mllm.projector.state_dict().items()}
+    mllm = None
+    original = None
     try:
         for position, (model_name, artifact) in enumerate(models.items(), start=1):
             model_started = time.perf_counter()
-            spec = {"projector": artifact.key, "suite": suite_key, "tasks": tasks, "eval": settings,
-                    "model": {"llm": cfg.model.llm, "vision": cfg.model.vision, "projector": cfg.model.projector,
-                              "system_prompt": cfg.model.get("system_prompt")}}
-            key = content_key("eval", spec)
-            store = ctx.store
+            key, spec = keys[model_name], specs[model_name]
             reused = store.exists("eval", key)
-            if not reused:
+            if key in in_workers:
+                results, seconds, skipped = in_workers[key]
+            elif not reused:
+                if adapter is None:
+                    mllm = ctx.mllm
+                    if with_vision and mllm.vision is None:
+                        from pivotmerge.models.vision import build_vision_tower
+
+                        mllm.vision = build_vision_tower(cfg.model.vision)
+                    original = {k: v.clone() for k, v in mllm.projector.state_dict().items()}
+                    adapter = PivotMergeLMM(mllm=mllm, **adapter_args)
+                    manager = task_manager(manager_args)
+                    prefilled = prefill_features(adapter, prefill_sources(ctx))
+                    print(f"[    eval] feature cache pre-filled with {prefilled} test images", flush=True)
+                skipped = None
                 try:
                     adapter.load_projector(ctx.projector(artifact), name=model_name)
                 except ConfigError as exc:
-                    print(f"[    eval] {model_name}: SKIPPED, projector does not fit the model ({exc}); "
-                          "its cells stay empty in the report", flush=True)
-                    ctx.log.add("eval", model_name, None, time.perf_counter() - model_started, f"skipped: {exc}")
-                    continue
-                print(f"[    eval] ({position}/{len(models)}) {model_name}: {len(tasks)} tasks", flush=True)
-                results = evaluate_model(adapter, tasks, manager, settings, batch_size)
+                    skipped = str(exc)
+                if not skipped:
+                    print(f"[    eval] ({position}/{len(models)}) {model_name}: {len(tasks)} tasks", flush=True)
+                    results = evaluate_model(adapter, tasks, manager, settings, batch_size)
+                seconds = time.perf_counter() - model_started
+            if not reused and skipped:
+                print(f"[    eval] {model_name}: SKIPPED, projector does not fit the model ({skipped}); "
+                      "its cells stay empty in the report", flush=True)
+                ctx.log.add("eval", model_name, None, seconds, f"skipped: {skipped}")
+                continue
+            if not reused:
                 staging = store.begin("eval", key)
                 (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=_json_default))
                 store.commit("eval", key, spec)
+            else:
+                seconds = time.perf_counter() - model_started
             folder = store.verify("eval", key)
             results = json.loads((folder / RESULTS_FILE).read_text())
             safe = model_name.replace(":", "_").replace("/", "_")
@@ -181,11 +289,9 @@ def run(ctx) -> None:
             rows = results_rows(results, model=model_name, run=run_id, seed=int(cfg.seed),
                                 experiment=str(cfg.experiment_name), task_meta=task_meta)
             append_rows(results_dir, rows)
-            seconds = time.perf_counter() - model_started
             primary = {r["benchmark"]: round(r["value"], 3) for r in rows if r["primary"]}
-            from pivotmerge.pipeline.artifacts import Artifact
-
             ctx.log.add("eval", model_name, Artifact("eval", key, folder, reused), seconds, json.dumps(primary))
     finally:
-        mllm.projector.load_state_dict(original)
+        if original is not None:
+            mllm.projector.load_state_dict(original)
     (results_dir / "suite.json").write_text(json.dumps({"suite": suite_key, "tasks": task_meta}, indent=2))

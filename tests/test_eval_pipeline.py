@@ -180,3 +180,25 @@ def test_evaluation_from_scratch_is_reproducible(tmp_path, tiny_mllm, tiny_model
         assert not any(r["status"] == "reused" for r in ctx.log.rows if r["name"] in ("pivot", "merge:average"))
         values.append(sorted((r["model"], r["benchmark"], r["metric"], r["value"]) for r in rows))
     assert values[0] == values[1] and len(values[0]) > 20
+
+
+def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, tiny_mllm, tiny_model_cfg):
+    """eval.workers=2 evaluates pending projectors in spawned processes: same store rows, same logs."""
+    from eval import stage
+
+    values = []
+    for workers in (1, 2):
+        ctx = make_context(tmp_path / f"w{workers}", tiny_mllm, tiny_model_cfg)
+        ctx.cfg.eval.workers = workers
+        ctx.cfg.paths = {"models_dir": str(tmp_path / "models")}
+        ctx.merged.pop("broken")
+        stage.run(ctx)
+        ran = [r for r in ctx.log.rows if r["name"] in ("pivot", "merge:average")]
+        assert [r["status"] for r in ran] == ["ran", "ran"]
+        rows = [json.loads(line) for line in (ctx.output_dir / "results" / "results.jsonl").read_text().splitlines()]
+        values.append(sorted((r["model"], r["benchmark"], r["metric"], r["value"]) for r in rows))
+    assert len(values[0]) > 20 and [v[:3] for v in values[0]] == [v[:3] for v in values[1]]
+    assert all(abs(a[3] - b[3]) < 1e-9 for a, b in zip(values[0], values[1]))
+    with pytest.raises(ConfigError, match="eval.workers"):
+        ctx.cfg.eval.workers = 0
+        stage.run(ctx)
