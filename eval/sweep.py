@@ -25,21 +25,28 @@ def job_label(overrides: list[str]) -> str:
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict]:
+    """Rows of every job's store; swept rows are labelled by the overrides that differ between jobs."""
     from eval.report import read_rows
 
-    rows, seen = [], set()
+    jobs = []
     for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()), key=lambda p: p.name):
         store = job / "results"
         if not (store / "results.jsonl").is_file():
             continue
         overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        label = job_label(overrides or [])
+        overrides = (yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None) or []
+        jobs.append((store, overrides))
+    # An override every job shares (a fixed lam, a task list) names no row: the sweep's command shows it.
+    common = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
+    rows, seen = [], set()
+    for store, overrides in jobs:
+        varying = [o for o in overrides if o not in common]
+        label = job_label(varying)
         for row in read_rows([store]):
             if row["model"].startswith("merge:") and label:
                 row = {**row, "model": f"{row['model']} [{label}]"}
             elif row["model"].startswith(("pivot", "expert:", "joint")) and label and any(
-                    o.split("=")[0] in ("scenario", "scenario.pivot.init", "seed") for o in overrides or []):
+                    o.split("=")[0] in ("scenario", "scenario.pivot.init", "seed") for o in varying):
                 row = {**row, "model": f"{row['model']} [{label}]"}
             key = (row["model"], row["benchmark"], row["metric"], row.get("seed"))
             if key in seen:

@@ -177,8 +177,25 @@ def sweep_overrides(sweep_dir: Path) -> tuple[list[str], list[str]]:
 
     config = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
     task = list(config["hydra"]["overrides"]["task"])
-    swept = [o for o in task if "," in o.split("=", 1)[-1]]
+    swept = [o for o in task if _is_sweep(o.split("=", 1)[-1])]
     return swept, [o for o in task if o not in swept]
+
+
+def _is_sweep(value: str) -> bool:
+    """Hydra sweeps over a value with a top-level comma; `[a,b]` is one list value."""
+    depth, quote = 0, None
+    for char in value:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[({":
+            depth += 1
+        elif char in "])}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return True
+    return False
 
 
 def sweep_slug(swept: str) -> str:

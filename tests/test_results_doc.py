@@ -95,6 +95,14 @@ def test_sweep_sections_name_the_swept_option_and_keep_only_the_newest_sweep(tmp
     assert "1 of 2 settings average above the pivot (30.0)" in text
 
 
+def test_a_list_value_is_not_a_sweep():
+    from experiments.results_doc import _is_sweep
+
+    assert _is_sweep("0.25,0.5") and _is_sweep("similar,diverse")
+    assert not _is_sweep("[pm_mc_*,pm_pope]") and not _is_sweep("0.3") and not _is_sweep("'a,b'")
+    assert _is_sweep("[a,b],[c]")
+
+
 def test_selection_summary_shows_searched_options_and_grid_edges():
     from experiments.results_doc import selection_summary
 

@@ -40,3 +40,12 @@ def test_sweep_table(tmp_path, capsys):
     table = (tmp_path / "sweep_table" / "table.md").read_text()
     assert "rank_ratio=0.25" in table and "rank_ratio=0.5" in table
     assert (tmp_path / "sweep_table" / "table.csv").is_file()
+
+
+def test_overrides_every_job_shares_do_not_label_rows(tmp_path):
+    shared = ["experiment=ablation", "eval.tasks=[pm_mc_*,pm_pope]", "merge.pivotmerge.lam=0.3"]
+    _job(tmp_path / "0", shared + ["scenario.pivot.init=warmup"], [_row("pivot", 0.3), _row("merge:pivotmerge", 0.5)])
+    _job(tmp_path / "1", shared + ["scenario.pivot.init=seeded"], [_row("pivot", 0.2), _row("merge:pivotmerge", 0.4)])
+    assert sorted(r["model"] for r in sweep_rows(tmp_path)) == [
+        "merge:pivotmerge [init=seeded]", "merge:pivotmerge [init=warmup]", "pivot [init=seeded]",
+        "pivot [init=warmup]"]
