@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run    - set up, then python run.py experiment=pivotmerge_vs_ties (offline, embedded default)"
 	@echo "make test   - set up, then the test suite"
-	@echo "make bench  - set up, then the speed/memory benchmarks (training, merging, evaluation)"
+	@echo "make bench  - set up, then the speed/memory benchmarks (training, merging, evaluation, CPU paths)"
 	@echo "make table  - regenerate the paper table from the latest results store (runs nothing)"
 
 setup: $(STAMP)
@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_merge.py
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_cpu_paths.py
 
 table: setup
 	$(PY) run.py experiment=paper_table report.only=true

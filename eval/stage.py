@@ -203,6 +203,12 @@ def evaluate_model(adapter, tasks, manager, settings: dict, batch_size: int) -> 
     return json.loads(json.dumps({k: v for k, v in results.items() if k != "samples"}, default=_json_default))
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run(ctx) -> None:
     from eval.lmms_model import PivotMergeLMM
     from pivotmerge.pipeline.artifacts import Artifact
@@ -216,6 +222,10 @@ def run(ctx) -> None:
     workers = 1 if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"eval.workers must be >= 1, got {workers}")
+    if workers > 1 and _cuda_available():
+        print(f"[    eval] eval.workers={workers} splits CPU threads; a GPU is present, so one process evaluates",
+              flush=True)
+        workers = 1
     started = time.perf_counter()
     tasks, manager_args, task_meta, suite_key = _suite_and_tasks(ctx)
     ctx.log.add("eval", f"suite ({len(tasks)} tasks)", None, time.perf_counter() - started, ", ".join(tasks))
