@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -221,6 +222,11 @@ def sweep_findings(table, swept: str) -> list[str]:
     """The sweep's spread: best and worst setting on the average and the normalized score."""
     merges = [m for m in table.models if m.startswith("merge:") and table.average.get(m) is not None]
     if len(merges) < 2:
+        labelled = [m for m in table.models if m.startswith("merge:")]
+        if len(labelled) >= 2:
+            return ["The swept settings are scored on different benchmarks (each scenario has its own sources), "
+                    "so there is no common average: compare each merge with the pivot and experts of its own "
+                    "setting, row by row."]
         return ["Fewer than two swept settings were evaluated."]
     lines = []
     for label, scores in (("average", table.average), ("normalized score", table.normalized)):
@@ -249,7 +255,7 @@ def sweep_section(swept: str, sweep_dir: Path, figures: Path) -> str:
     png = sweep_dir / "sweep_table" / "scores.png"
     if png.is_file():
         shutil.copy(png, figures / f"{slug}.png")
-    command = "python run.py -m " + " ".join(fixed + swept_overrides)
+    command = "python run.py -m " + " ".join(shlex.quote(o) for o in fixed + swept_overrides)
     parts = [f"## Sweep: {swept}", "", f"Command: `{command}`  ",
              f"Sweep folder: `{_shown(sweep_dir)}` ({len(list(sweep_dir.glob('[0-9]*')))} jobs; table and plot "
              "written by the sweep's own callback from the jobs' results stores)", "", to_markdown(table), ""]
