@@ -126,7 +126,7 @@ def prefill_features(adapter, sources) -> int:
 
 # ---- evaluation in worker processes --------------------------------------------------------------------
 # On a CPU the frozen LLM's matmuls scale poorly across threads at these sizes: two processes with one
-# thread each score ~1.3x the items/s of one process with two threads (docs/results.md, README timings).
+# thread each score ~1.25x the items/s of one process with two threads (bench/bench_cpu_paths.py).
 _WORKER: dict = {}
 
 
