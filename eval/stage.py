@@ -258,6 +258,7 @@ def run(ctx) -> None:
             model_started = time.perf_counter()
             key, spec = keys[model_name], specs[model_name]
             reused = store.exists("eval", key)
+            skipped = None
             if key in in_workers:
                 results, seconds, skipped = in_workers[key]
             elif not reused:
@@ -272,7 +273,6 @@ def run(ctx) -> None:
                     manager = task_manager(manager_args)
                     prefilled = prefill_features(adapter, prefill_sources(ctx))
                     print(f"[    eval] feature cache pre-filled with {prefilled} test images", flush=True)
-                skipped = None
                 try:
                     adapter.load_projector(ctx.projector(artifact), name=model_name)
                 except ConfigError as exc:
@@ -281,7 +281,7 @@ def run(ctx) -> None:
                     print(f"[    eval] ({position}/{len(models)}) {model_name}: {len(tasks)} tasks", flush=True)
                     results = evaluate_model(adapter, tasks, manager, settings, batch_size)
                 seconds = time.perf_counter() - model_started
-            if not reused and skipped:
+            if skipped:
                 print(f"[    eval] {model_name}: SKIPPED, projector does not fit the model ({skipped}); "
                       "its cells stay empty in the report", flush=True)
                 ctx.log.add("eval", model_name, None, seconds, f"skipped: {skipped}")

@@ -183,20 +183,10 @@ def sweep_overrides(sweep_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def _is_sweep(value: str) -> bool:
-    """Hydra sweeps over a value with a top-level comma; `[a,b]` is one list value."""
-    depth, quote = 0, None
-    for char in value:
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[({":
-            depth += 1
-        elif char in "])}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            return True
-    return False
+    """Whether Hydra sweeps over this override value (`a,b` yes; the list `[a,b]` no)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([f"x={value}"])[0].is_sweep_override()
 
 
 def sweep_slug(swept: str) -> str:

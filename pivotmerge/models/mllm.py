@@ -142,20 +142,24 @@ class MLLM(nn.Module):
                          layer)
         return cache
 
+    def forward_after_head(self, inputs: torch.Tensor, mask: torch.Tensor):
+        """The LLM's output over `embed`'s output minus the chat prefix, whose keys/values come from
+        `head_kv` (its cache holds prefix + these positions, for scoring continuations)."""
+        start = self.num_head_tokens
+        rows = inputs.shape[0]
+        position_ids = torch.arange(start, inputs.shape[1], device=inputs.device).unsqueeze(0).expand(rows, -1)
+        return self.llm.base_model(inputs_embeds=inputs[:, start:], attention_mask=mask, position_ids=position_ids,
+                                   past_key_values=self.head_cache(rows), use_cache=True)
+
     def hidden_states(self, inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Last hidden states of `embed`'s output and the sequence position of their first row.
 
         With `reuse_head_kv` the chat prefix is read from `head_kv` instead of being run again: the
         result equals the full forward (tests/test_models.py), minus the prefix positions.
         """
-        start = self.num_head_tokens if self.reuse_head_kv else 0
-        if not start:
+        if not (self.reuse_head_kv and self.num_head_tokens):
             return self.llm.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state, 0
-        rows = inputs.shape[0]
-        position_ids = torch.arange(start, inputs.shape[1], device=inputs.device).unsqueeze(0).expand(rows, -1)
-        out = self.llm.base_model(inputs_embeds=inputs[:, start:], attention_mask=mask, position_ids=position_ids,
-                                  past_key_values=self.head_cache(rows), use_cache=True)
-        return out.last_hidden_state, start
+        return self.forward_after_head(inputs, mask).last_hidden_state, self.num_head_tokens
 
     def answer_logprobs(self, features, text_ids, text_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probabilities of the labelled tokens: (sum per row [B], token count per row [B]).

@@ -47,10 +47,7 @@ def _prefix_forward(mllm, features: torch.Tensor, instructions: list[str], extra
     lengths = mask.sum(dim=1)                                    # valid tokens per row
     rows = inputs.shape[0]
     offset = mllm.num_head_tokens
-    cache = mllm.head_cache(rows)
-    position_ids = torch.arange(offset, inputs.shape[1], device=device).unsqueeze(0).expand(rows, -1)
-    out = mllm.llm.base_model(inputs_embeds=inputs[:, offset:], attention_mask=mask, position_ids=position_ids,
-                              past_key_values=cache, use_cache=True)
+    out = mllm.forward_after_head(inputs, mask)
     hidden = out.last_hidden_state
     last = hidden[torch.arange(rows, device=device), lengths - 1 - offset]   # [B, H]
     return out.past_key_values, hidden, last, lengths, mask, offset
