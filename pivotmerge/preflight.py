@@ -122,6 +122,9 @@ class EvalSchema:
 @dataclass
 class CalibrationSchema:
     per_source: int = rule(ge=1)
+    train_rows: int = rule(ge=1)
+    sample_tokens: int = rule(ge=1)
+    fisher_rows: int = rule(ge=1)
 
 
 @dataclass

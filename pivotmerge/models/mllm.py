@@ -6,6 +6,7 @@ the projector has gradients; the LLM and vision tower are frozen (LLaVA's stage-
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -188,6 +189,17 @@ class MLLM(nn.Module):
         if self.vision is None:
             raise ConfigError("this MLLM was built without a vision tower; pass build_mllm(..., vision=True)")
         return self.vision.encode_images(images)
+
+
+@contextmanager
+def projector_swapped(mllm: MLLM, state: dict[str, torch.Tensor]):
+    """`mllm` with `state` loaded into its projector for the block; the previous weights come back after."""
+    original = {k: v.detach().clone() for k, v in mllm.projector.state_dict().items()}
+    load_projector_state(mllm.projector, state)
+    try:
+        yield mllm
+    finally:
+        mllm.projector.load_state_dict(original)
 
 
 def build_mllm(model_cfg, cache_dir, *, projector_state: dict | None = None, with_vision: bool = False,

@@ -33,7 +33,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pivotmerge.errors import CacheError
 
 # Bump a stage's version when its code changes what it writes: old entries then stop matching.
-STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2, "eval_suite": 2}
+STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2, "eval_suite": 2, "stats": 1,
+                  "lmc": 1}
 MANIFEST = "manifest.json"
 # Distributions whose version shapes each stage's output (part of its key).
 STAGE_LIBRARIES = {
@@ -44,6 +45,8 @@ STAGE_LIBRARIES = {
     "joint": ("torch", "transformers", "lightning"),
     "merge": ("torch",),
     "select": ("torch", "transformers"),
+    "stats": ("torch", "transformers"),
+    "lmc": ("torch", "transformers"),
     "eval": ("torch", "transformers", "lmms-eval", "datasets"),
     "eval_suite": ("datasets", "pyarrow", "lmms-eval"),
 }

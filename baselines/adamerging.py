@@ -1,0 +1,106 @@
+"""Learned layer(-chunk) coefficients, in the spirit of AdaMerging (Yang et al., ICLR 2024).
+
+theta = pivot + sum_k lambda_{k,l,c} tau_{k,l,c}: one coefficient per expert k, Linear layer l and chunk c of
+the layer's output rows (`chunks` = 1: layer-wise AdaMerging; > 1: finer "expert merging" granularity; the
+bias of a row chunk shares its coefficient). AdaMerging fits the coefficients on unlabeled test inputs by
+minimising the prediction entropy of a classifier; a projector has no classifier, so the coefficients are fitted
+on each expert's unlabeled calibration inputs (`ExpertStats.inputs`, its own domain's visual tokens) to make the
+merged projector reproduce every expert's projected tokens on that expert's domain:
+
+    L(lambda) = sum_k mean ||f_theta(X_k) - f_k(X_k)||^2 / mean ||f_k(X_k) - f_pivot(X_k)||^2
+
+(each domain normalised by how far its expert moved from the pivot, so every domain counts alike). Adam,
+`steps` steps of learning rate `lr` from lambda = `init`, `batch_tokens` tokens per domain per step drawn by a
+generator seeded with `seed` (deterministic). No separate scale: the coefficients are the scale.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from pivotmerge.merging.calibration import ExpertStats, check_stats, layer_keys, linear_layers, projector_forward
+from pivotmerge.merging.checks import check_int, check_number, validate_inputs
+from pivotmerge.merging.ops import finalize, float_keys, mean_task_vector
+from pivotmerge.merging.registry import contract
+
+NAME = "adamerging"
+
+
+def _row_chunks(rows: int, chunks: int) -> list[slice]:
+    bounds = torch.linspace(0, rows, min(chunks, rows) + 1).round().long().tolist()
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+@contract(symmetric={})
+def adamerging_merge(
+    pivot: Mapping[str, Tensor],
+    experts: Sequence[Mapping[str, Tensor]],
+    *,
+    init: float,
+    steps: int,
+    lr: float,
+    chunks: int,
+    batch_tokens: int,
+    seed: int,
+    calibration: Sequence[ExpertStats] | None = None,
+    diagnostics: dict | None = None,
+) -> dict[str, Tensor]:
+    """Coefficients per (expert, layer, row chunk) fitted by feature matching (see the module docstring)."""
+    init = check_number(NAME, "init", init)
+    steps = check_int(NAME, "steps", steps, minimum=0)
+    lr = check_number(NAME, "lr", lr, minimum=0.0, exclusive_minimum=True)
+    chunks = check_int(NAME, "chunks", chunks, minimum=1)
+    batch_tokens = check_int(NAME, "batch_tokens", batch_tokens, minimum=1)
+    seed = check_int(NAME, "seed", seed)
+    validate_inputs(pivot, experts, min_experts=1, method=NAME)
+    stats = check_stats(calibration, len(experts), NAME, inputs=True)
+    layers = linear_layers(pivot)
+    base = {k: pivot[k].float() for k in float_keys(pivot)}
+    taus = [{k: e[k].float() - base[k] for k in base} for e in experts]
+    slices = {layer: _row_chunks(pivot[layer_keys(layer)[0]].shape[0], chunks) for layer in layers}
+    coefficients = torch.full((len(experts), sum(len(s) for s in slices.values())), float(init), requires_grad=True)
+
+    def merged_state() -> dict[str, Tensor]:
+        state, column = {}, 0
+        for layer in layers:
+            for key in layer_keys(layer):
+                if key not in base:
+                    continue
+                rows = []
+                for j, rs in enumerate(slices[layer]):
+                    update = sum(coefficients[k, column + j] * taus[k][key][rs] for k in range(len(experts)))
+                    rows.append(base[key][rs] + update)
+                state[key] = torch.cat(rows)
+            column += len(slices[layer])
+        return state
+
+    with torch.no_grad():
+        inputs = [s.inputs.float() for s in stats]
+        targets = [projector_forward(e, x) for e, x in zip([{k: base[k] + t[k] for k in base} for t in taus], inputs)]
+        scales = [((t - projector_forward(base, x)) ** 2).sum(-1).mean().clamp_min(1e-12) for t, x in zip(targets, inputs)]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam([coefficients], lr=lr)
+    losses = []
+    for _ in range(steps):
+        state = merged_state()
+        loss = 0.0
+        for x, target, scale in zip(inputs, targets, scales):
+            pick = torch.randint(0, x.shape[0], (min(batch_tokens, x.shape[0]),), generator=generator)
+            loss = loss + ((projector_forward(state, x[pick]) - target[pick]) ** 2).sum(-1).mean() / scale
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    with torch.no_grad():
+        merged = {k: v.detach() for k, v in merged_state().items()}
+    for key in float_keys(pivot):
+        if key not in merged:   # outside the Linear layers: averaged
+            merged[key] = base[key] + mean_task_vector(pivot, experts, key).float()
+    if diagnostics is not None:
+        diagnostics.update(method=NAME, options={"init": init, "steps": steps, "lr": lr, "chunks": chunks,
+                                                 "batch_tokens": batch_tokens, "seed": seed},
+                           coefficients=coefficients.detach().tolist(),
+                           fit_loss_first_last=[losses[0], losses[-1]] if losses else None)
+    return finalize(pivot, merged)
