@@ -1,12 +1,13 @@
 """Stage 5 (merge): every configured method turns (pivot, experts) into one projector, with diagnostics.
 
-`cfg.merge` maps a method name to its config (`conf/merge/<name>.yaml`, a `_partial_` target). A method
-that takes `calibration_loss` and runs in a data-driven mode gets the caption loss of a fixed calibration
-batch drawn from the sources' *validation* splits (never test data).
+`cfg.merge` maps a method name to its config (`conf/merge/<name>.yaml`, a `_partial_` target; the merge
+registry, pivotmerge/merging/registry.py). A method gets the keyword arguments of
+`registry.NON_OPTIONS` that its signature accepts: always `diagnostics`; `calibration_loss` (the caption
+loss of a fixed calibration batch drawn from the sources' *validation* splits, never test data) when it
+runs in a data-driven mode.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
 
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from pivotmerge.errors import ConfigError
+from pivotmerge.merging.registry import accepted_extras, check_options, conf_dir, import_target
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
 
@@ -82,17 +84,16 @@ def expand_variants(cfg) -> dict:
     A variant starts from the run's own settings of its base method when the run merges with it (so an
     experiment that sets `merge.pivotmerge.lam` changes its variants too), else from conf/merge/<base>.yaml.
     """
-    from pathlib import Path
+    from pivotmerge.merging.registry import available
 
     methods = dict(cfg.get("merge") or {})
-    conf_dir = Path(__file__).resolve().parents[2] / "conf" / "merge"
     for name, variant in (cfg.get("merge_variants") or {}).items():
         variant = OmegaConf.to_container(variant, resolve=True)
         base = variant.pop("base", None)
-        path = conf_dir / f"{base}.yaml"
+        path = conf_dir() / f"{base}.yaml"
         if base is None or not path.is_file():
             raise ConfigError(f"merge_variants.{name}.base must name a file of conf/merge/ "
-                              f"({', '.join(sorted(p.stem for p in conf_dir.glob('*.yaml')))}), got {base!r}")
+                              f"({', '.join(available())}), got {base!r}")
         base_cfg = methods[base] if base in methods else OmegaConf.load(path)
         unknown = [k for k in variant if k not in base_cfg]
         if unknown:
@@ -131,6 +132,7 @@ def run(ctx) -> None:
             raise ConfigError(f"merge.{name} has no _target_: select methods with merge=[...] from conf/merge/")
         options = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items()
                    if not k.startswith("_")}
+        check_options(import_target(method_cfg._target_, f"merge.{name}"), options, f"merge.{name}")
         if search.get("enabled", False):
             if calibration_loss is None:
                 calibration_loss = make_calibration_loss(ctx, per_source)
@@ -150,7 +152,7 @@ def run(ctx) -> None:
             ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
             continue
         fn = instantiate(method_cfg)
-        accepted = inspect.signature(fn).parameters
+        accepted = accepted_extras(fn)
         kwargs: dict = {}
         diagnostics: dict = {}
         if "diagnostics" in accepted:
