@@ -37,7 +37,8 @@ def make(k=2, seed=0):
 
 def test_the_methods_are_the_yaml_files():
     assert METHODS == sorted(p.stem for p in conf_dir().glob("*.yaml"))
-    assert {"average", "task_arithmetic", "ties", "dare_ta", "dare_ties", "pivotmerge"} <= set(METHODS)
+    assert {"average", "task_arithmetic", "ties", "dare_ta", "dare_ties", "pivotmerge",
+            "tsv_m", "iso_c", "iso_cts", "wudi"} <= set(METHODS)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -160,9 +161,10 @@ def test_hydra_multiselect_packages_under_method_name():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(conf_dir().parent), version_base="1.3"):
-        cfg = compose(config_name=None, overrides=["+merge=[pivotmerge,ties]", "merge.ties.density=0.3"])
-    assert list(cfg.merge) == ["pivotmerge", "ties"]
+        cfg = compose(config_name=None, overrides=["+merge=[pivotmerge,ties,wudi]", "merge.ties.density=0.3"])
+    assert list(cfg.merge) == ["pivotmerge", "ties", "wudi"]
     assert cfg.merge.ties.density == 0.3 and cfg.merge.pivotmerge.alm == "proxy"
+    assert cfg.merge.wudi.solver == "closed_form"
 
 
 def test_pipeline_rejects_a_config_with_missing_or_unknown_options():

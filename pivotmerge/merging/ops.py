@@ -305,16 +305,18 @@ def is_matrix(t: Tensor) -> bool:
     return t.dim() == 2
 
 
-def thin_svd(mat: Tensor, top: int | None = None, *, gram_side: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def thin_svd(
+    mat: Tensor, top: int | None = None, *, gram_side: str | None = None, complete: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD ``mat = u diag(s) v^T`` of an (m, n) matrix: u (m, q), s (q,) descending, v (n, q).
 
     q = min(m, n), or ``top`` when given (the largest ``top`` triplets). Computed from the eigendecomposition
     of the smaller Gram matrix (mat^T mat or mat mat^T, n x n or m x m) formed and decomposed in float64, so
     singular values keep float32 accuracy down to ~1e-8 of the largest; it is 3-20x faster than LAPACK's
-    SVD on CPU (one GEMM and one symmetric eigensolver of the smaller side). The vectors of the Gram side
-    form an orthonormal set even where s = 0; on the other side a direction whose singular value is
-    <= SVD_RTOL * s_max is a zero vector and its s is 0. ``gram_side`` ('left': mat mat^T, 'right':
-    mat^T mat) forces the side, e.g. to get a complete orthonormal u. u, s, v are in mat's dtype.
+    SVD on CPU (one GEMM and one symmetric eigensolver of the smaller side). A direction whose singular value
+    is <= SVD_RTOL * s_max counts as zero: s = 0 and both its vectors are 0 (no arbitrary null-space
+    vectors), unless ``complete``: then the Gram side keeps its orthonormal eigenvectors (e.g. a complete
+    basis u with ``gram_side='left'``, which decomposes mat mat^T). u, s, v are in mat's dtype.
     """
     m, n = mat.shape
     q = min(m, n) if top is None else max(0, min(top, m, n))
@@ -331,6 +333,8 @@ def thin_svd(mat: Tensor, top: int | None = None, *, gram_side: str | None = Non
     keep = s > (s[0] * SVD_RTOL if q else 0.0)
     s = torch.where(keep, s, torch.zeros_like(s))
     inv = torch.where(keep, 1.0 / s.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(s))
+    if not complete:
+        w = w * keep
     w = w.to(dt)
     other = (mat.T @ w if left else mat @ w).mul_(inv.to(dt))
     s = s.to(dt)
