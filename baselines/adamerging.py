@@ -11,10 +11,12 @@ merged projector reproduce every expert's projected tokens on that expert's doma
 
 (each domain normalised by how far its expert moved from the pivot, so every domain counts alike). Adam,
 `steps` steps of learning rate `lr` from lambda = `init`, `batch_tokens` tokens per domain per step drawn by a
-generator seeded with `seed` (deterministic). No separate scale: the coefficients are the scale.
+generator of each domain seeded with `seed` and the domain's own inputs (deterministic, and independent of the
+experts' order). No separate scale: the coefficients are the scale.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,6 +28,11 @@ from pivotmerge.merging.ops import finalize, float_keys, mean_task_vector
 from pivotmerge.merging.registry import contract
 
 NAME = "adamerging"
+
+
+def _content_seed(seed: int, x: Tensor) -> int:
+    digest = hashlib.sha256(str(seed).encode() + x.detach().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
 
 
 def _row_chunks(rows: int, chunks: int) -> list[slice]:
@@ -80,13 +87,13 @@ def adamerging_merge(
         inputs = [s.inputs.float() for s in stats]
         targets = [projector_forward(e, x) for e, x in zip([{k: base[k] + t[k] for k in base} for t in taus], inputs)]
         scales = [((t - projector_forward(base, x)) ** 2).sum(-1).mean().clamp_min(1e-12) for t, x in zip(targets, inputs)]
-    generator = torch.Generator().manual_seed(seed)
+    generators = [torch.Generator().manual_seed(_content_seed(seed, x)) for x in inputs]
     optimizer = torch.optim.Adam([coefficients], lr=lr)
     losses = []
     for _ in range(steps):
         state = merged_state()
         loss = 0.0
-        for x, target, scale in zip(inputs, targets, scales):
+        for x, target, scale, generator in zip(inputs, targets, scales, generators):
             pick = torch.randint(0, x.shape[0], (min(batch_tokens, x.shape[0]),), generator=generator)
             loss = loss + ((projector_forward(state, x[pick]) - target[pick]) ** 2).sum(-1).mean() / scale
         optimizer.zero_grad()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
-from pivotmerge.merging import compute_dtype, finalize, float_keys, register, validate_inputs
-import torch
+from pivotmerge.merging.checks import validate_inputs
+from pivotmerge.merging.ops import compute_dtype, finalize, float_keys
+from pivotmerge.merging.registry import contract
 
 
-@register("average")
+@contract(one_expert={}, identical="mean")
 def average_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],

@@ -5,13 +5,14 @@ Each entry of each tau_k is dropped with probability ``p`` (Bernoulli mask drawn
 the file format's key order - and experts in the given order),
 and the kept entries are divided by (1 - p), so E[dropped tau] = tau. Then
 
-* ``then='ta'``:   theta = pivot + lam * sum_k dare(tau_k)                       (peft ``dare_linear``)
-* ``then='ties'``: theta = pivot + lam * TIES(dare(tau_k); density, scope, sign, combine)
+* ``dare_ta``:   theta = pivot + lam * sum_k dare(tau_k)                       (peft ``dare_linear``)
+* ``dare_ties``: theta = pivot + lam * TIES(dare(tau_k); density, scope, sign, combine)
   (with density=1, scope irrelevant, sign=sum, combine=mean this is peft/mergekit ``dare_ties``).
 
-The mask stream is drawn exactly like peft's ``random_pruning`` (``torch.bernoulli`` of a tensor filled
-with 1 - p, one call per expert and tensor), so with the global RNG seeded the same way peft gives the
-same result bit for bit; this is tested.
+Two functions (not one with a ``then`` switch) so that each config lists exactly the options its
+method reads. The mask stream is drawn exactly like peft's ``random_pruning`` (``torch.bernoulli`` of a
+tensor filled with 1 - p, one call per expert and tensor), so with the global RNG seeded the same way peft
+gives the same result bit for bit; this is tested.
 """
 
 from __future__ import annotations
@@ -21,23 +22,26 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from baselines.task_arithmetic import apply_update
-from baselines.ties import check_ties_options, ties_combine
-from pivotmerge.merging import (
+from pivotmerge.merging.checks import (
     check_choice,
     check_fraction,
-    FlatTaskVectors,
     check_int,
+    check_number,
+    validate_inputs,
+)
+from pivotmerge.merging.ops import (
+    TIES_COMBINES,
+    TIES_SCOPES,
+    TIES_SIGNS,
+    FlatTaskVectors,
+    apply_update,
     diag_layer,
     finalize,
     float_keys,
     layer_name,
-    register,
-    register_alias,
-    validate_inputs,
+    ties_combine,
 )
-
-THENS = ("ta", "ties")
+from pivotmerge.merging.registry import contract
 
 
 class DroppedTaskVectors:
@@ -89,27 +93,9 @@ def drop_and_rescale(
     return out
 
 
-@register("dare")
-def dare_merge(
-    pivot: Mapping[str, Tensor],
-    experts: Sequence[Mapping[str, Tensor]],
-    *,
-    p: float = 0.5,
-    seed: int = 0,
-    then: str = "ta",
-    lam: float = 1.0,
-    density: float = 1.0,
-    scope: str = "tensor",
-    sign: str = "sum",
-    combine: str = "mean",
-    diagnostics: dict | None = None,
-) -> dict[str, Tensor]:
-    """DARE + TA (``then='ta'``, uses only lam) or DARE + TIES (``then='ties'``, also density/scope/sign/combine)."""
-    p = check_fraction("dare", "p", p)
-    seed = check_int("dare", "seed", seed)
-    then = check_choice("dare", "then", then, THENS)
-    density, scope, sign, combine, lam = check_ties_options("dare", density, scope, sign, combine, lam)
-    validate_inputs(pivot, experts, min_experts=1, method="dare")
+def _dropped_views(pivot, experts, name: str, p, seed, diagnostics) -> tuple[list[str], list[DroppedTaskVectors]]:
+    """Validated inputs -> (float keys, one lazily dropped view per key in sorted order, sharing one RNG)."""
+    validate_inputs(pivot, experts, min_experts=1, method=name)
     keys = float_keys(pivot)
     gen = torch.Generator().manual_seed(seed)
     views = [DroppedTaskVectors(FlatTaskVectors(pivot, experts, k), gen, p) for k in sorted(keys)]
@@ -117,22 +103,60 @@ def dare_merge(
         for v in views:
             rec = diag_layer(diagnostics, layer_name(v.key))
             rec.setdefault("dare_kept_fraction", {})[v.key] = float((v.tensor() != 0).float().mean())
-    if then == "ta":
-        upd = {}
-        for v in views:
-            upd[v.key] = v.tensor().sum(0).reshape(v.shape)
-            v.release()
-    else:
-        upd = ties_combine(views, density=density, scope=scope, sign=sign, combine=combine,
-                           diagnostics=diagnostics)
+    return keys, views
+
+
+@contract(scale="lam", one_expert={"p": 0.0}, identical="sum", symmetric={"p": 0.0})
+def dare_ta_merge(
+    pivot: Mapping[str, Tensor],
+    experts: Sequence[Mapping[str, Tensor]],
+    *,
+    p: float,
+    seed: int,
+    lam: float,
+    diagnostics: dict | None = None,
+) -> dict[str, Tensor]:
+    """DARE + Task Arithmetic: pivot + lam * sum_k dare_p(tau_k)."""
+    p = check_fraction("dare_ta", "p", p)
+    seed = check_int("dare_ta", "seed", seed)
+    lam = check_number("dare_ta", "lam", lam)
+    keys, views = _dropped_views(pivot, experts, "dare_ta", p, seed, diagnostics)
+    upd = {}
+    for v in views:
+        upd[v.key] = v.tensor().sum(0).reshape(v.shape)
+        v.release()
     merged = {k: apply_update(pivot[k], upd.pop(k), lam) for k in keys}
     if diagnostics is not None:
-        opts = dict(p=p, seed=seed, then=then, lam=lam)
-        if then == "ties":
-            opts.update(density=density, scope=scope, sign=sign, combine=combine)
-        diagnostics.update(method=f"dare_{then}", options=opts)
+        diagnostics.update(method="dare_ta", options=dict(p=p, seed=seed, lam=lam))
     return finalize(pivot, merged)
 
 
-register_alias("dare_ta", "dare", then="ta")
-register_alias("dare_ties", "dare", then="ties")
+@contract(scale="lam", one_expert={"p": 0.0, "density": 1.0}, identical="mean", symmetric={"p": 0.0})
+def dare_ties_merge(
+    pivot: Mapping[str, Tensor],
+    experts: Sequence[Mapping[str, Tensor]],
+    *,
+    p: float,
+    seed: int,
+    density: float,
+    scope: str,
+    sign: str,
+    combine: str,
+    lam: float,
+    diagnostics: dict | None = None,
+) -> dict[str, Tensor]:
+    """DARE + TIES: pivot + lam * TIES(dare_p(tau_k)) (TIES options as in conf/merge/ties.yaml)."""
+    p = check_fraction("dare_ties", "p", p)
+    seed = check_int("dare_ties", "seed", seed)
+    density = check_fraction("dare_ties", "density", density)
+    scope = check_choice("dare_ties", "scope", scope, TIES_SCOPES)
+    sign = check_choice("dare_ties", "sign", sign, TIES_SIGNS)
+    combine = check_choice("dare_ties", "combine", combine, TIES_COMBINES)
+    lam = check_number("dare_ties", "lam", lam)
+    keys, views = _dropped_views(pivot, experts, "dare_ties", p, seed, diagnostics)
+    upd = ties_combine(views, density=density, scope=scope, sign=sign, combine=combine, diagnostics=diagnostics)
+    merged = {k: apply_update(pivot[k], upd.pop(k), lam) for k in keys}
+    if diagnostics is not None:
+        diagnostics.update(method="dare_ties", options=dict(p=p, seed=seed, density=density, scope=scope,
+                                                           sign=sign, combine=combine, lam=lam))
+    return finalize(pivot, merged)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from pivotmerge.merging.calibration import ExpertStats, check_stats
+from pivotmerge.merging.calibration import ExpertStats, calibration_needs, check_stats
 from pivotmerge.merging.checks import check_number, validate_inputs
 from pivotmerge.merging.errors import MergeInputError
 from pivotmerge.merging.ops import TaskVectorsOf, apply_update, finalize, float_keys
@@ -22,6 +22,7 @@ from pivotmerge.merging.registry import contract
 NAME = "fisher"
 
 
+@calibration_needs("fisher")
 @contract(scale="lam", one_expert={}, identical="mean")
 def fisher_merge(
     pivot: Mapping[str, Tensor],

@@ -10,7 +10,8 @@ pivotmerge/merging/calibration.py), RegMean minimises sum_k ||[X_k, 1] W~^T - [X
 theta = pivot + lam * (sum_k tau~_k G_k') (sum_k G_k')^-1, and lam = 1 gives exactly the paper's weights.
 Layer 0's Grams come from the visual features; a later layer's from each expert's OWN activations before it
 (the paper; RegMean++ uses the merged earlier layers instead). Tensors outside the Linear layers (none in a
-LLaVA projector) are averaged, as in the paper. Solved in float64 with a relative ridge of 1e-8.
+LLaVA projector) are averaged, as in the paper. Solved in float64 with the pseudo-inverse of the Gram sum
+(directions no domain's inputs use get no update).
 """
 from __future__ import annotations
 

@@ -15,173 +15,52 @@ For every floating-point tensor, with task vectors tau_k (k = 1..K):
    The option is called ``combine`` (the issue says ``merge``) because ``merge`` is the Hydra group name.
 4. theta = pivot + lam * merged.
 
-Vectorised: the K task vectors of a tensor are stacked and trimmed with one ``kthvalue`` call.
+The steps live in :func:`pivotmerge.merging.ops.ties_combine` (DARE-TIES uses them too).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor
 
-from baselines.task_arithmetic import apply_update
-from pivotmerge.merging import (
+from pivotmerge.merging.checks import (
     check_choice,
     check_fraction,
-    FlatTaskVectors,
     check_number,
-    chunks,
-    diag_layer,
-    finalize,
-    float_keys,
-    layer_name,
-    register,
     validate_inputs,
 )
-
-SCOPES = ("tensor", "global")
-SIGNS = ("sum", "count")
-COMBINES = ("mean", "sum")
-
-
-def kth_largest_1d(x: Tensor, k: int) -> Tensor:
-    """The k-th largest value of the 1-D tensor ``x`` (0-D tensor), exact.
-
-    For large inputs a strided sample brackets the answer, entries above the bracket are counted and the
-    exact k-th value is selected inside the (small) bracket; if the bracket misses, it falls back to a full
-    ``kthvalue``. Both paths return the same value; the fast one is ~3-4x quicker than a full selection.
-    k <= 0 gives +inf (keep nothing), k >= n gives -inf (keep everything).
-    """
-    n = x.numel()
-    if k <= 0:
-        return torch.tensor(float("inf"), dtype=x.dtype)
-    if k >= n:
-        return torch.tensor(float("-inf"), dtype=x.dtype)
-    if n < (1 << 20):
-        return x.kthvalue(n - k + 1).values
-    step = 64
-    s = x[::step].contiguous()
-    m = s.numel()
-    ks = k * m / n  # expected rank (from the top) of the answer in the sample
-    margin = 6.0 * math.sqrt(max(ks * (1 - k / n), 1.0)) + 8
-    r_hi = max(1, int(ks - margin))  # rank of a value above the answer
-    r_lo = min(m, int(ks + margin) + 1)  # rank of a value below the answer
-    hi = s.kthvalue(m - r_hi + 1).values
-    lo = s.kthvalue(m - r_lo + 1).values
-    del s
-    if 2 * k <= n:  # the k largest are few: keep the entries >= lo, split them at hi
-        cand = x[x >= lo]
-        above = int((cand > hi).sum())
-        band = cand[cand <= hi]
-    else:  # the k largest are many: keep the entries <= hi, everything else is above
-        cand = x[x <= hi]
-        above = n - cand.numel()
-        band = cand[cand >= lo]
-    del cand
-    need = k - above
-    if 1 <= need <= band.numel():
-        return band.kthvalue(band.numel() - need + 1).values
-    return x.kthvalue(n - k + 1).values
+from pivotmerge.merging.ops import (
+    TIES_COMBINES,
+    TIES_SCOPES,
+    TIES_SIGNS,
+    FlatTaskVectors,
+    apply_update,
+    finalize,
+    float_keys,
+    ties_combine,
+)
+from pivotmerge.merging.registry import contract
 
 
-def kth_largest(absvals: Tensor, k: int) -> Tensor:
-    """Per-row thresholds (R, 1) such that ``absvals >= t`` keeps the k largest entries of each row."""
-    return torch.stack([kth_largest_1d(row, k) for row in absvals]).reshape(-1, 1)
-
-
-def ties_combine(
-    views: Sequence,
+@contract(scale="lam", one_expert={"density": 1.0}, identical="mean")
+def ties_merge(
+    pivot: Mapping[str, Tensor],
+    experts: Sequence[Mapping[str, Tensor]],
     *,
     density: float,
     scope: str,
     sign: str,
     combine: str,
+    lam: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
-    """Trim / elect / disjoint-merge; returns the merged update per key (compute dtype, original shape).
-
-    ``views`` yields, per tensor, an object with ``key``, ``shape``, ``numel``, ``k``, ``dtype``,
-    ``row(i)`` (expert i's whole task vector, fresh) and ``chunk(c0, c1)`` (fresh (K, c) slice), e.g.
-    :class:`pivotmerge.merging.FlatTaskVectors`. Thresholds come from whole rows; everything else runs in
-    cache-sized column chunks, fused, so no K x n temporary is allocated.
-    """
-    views = list(views)
-    thr_global = None
-    if scope == "global" and density < 1.0:
-        thr_global = global_thresholds(views, density)
-    out = {}
-    for v in views:
-        thr = None
-        if density < 1.0:
-            if thr_global is not None:
-                thr = thr_global
-            else:
-                kk = int(density * v.numel)
-                thr = torch.stack([kth_largest_1d(v.row(i).abs_(), kk) for i in range(v.k)]).reshape(-1, 1)
-        merged = torch.empty(v.numel, dtype=v.dtype)
-        n_agree = 0
-        for c0, c1 in chunks(v.numel):
-            tau = v.chunk(c0, c1)
-            if thr is not None:
-                tau.mul_(tau.abs() >= thr)  # trim
-            vote = tau.sum(0) if sign == "sum" else tau.sign().sum(0)
-            elected = torch.where(vote >= 0, 1.0, -1.0).to(v.dtype)  # a zero vote elects +
-            # flip every entry to the elected sign's frame: agreeing entries become > 0, the rest are dropped
-            tau.mul_(elected).clamp_(min=0)
-            out_c = merged[c0:c1]
-            torch.sum(tau, 0, out=out_c)
-            out_c.mul_(elected)  # exact: sign flips commute with the summation
-            if combine == "mean" or diagnostics is not None:
-                count = (tau > 0).sum(0, dtype=v.dtype)
-                if combine == "mean":
-                    out_c.div_(count.clamp_(min=1))
-                if diagnostics is not None:
-                    n_agree += int(count.sum())
-        out[v.key] = merged.reshape(v.shape)
-        if hasattr(v, "release"):
-            v.release()
-        if diagnostics is not None:
-            rec = diag_layer(diagnostics, layer_name(v.key))
-            rec.setdefault("kept_fraction", {})[v.key] = n_agree / max(1, v.numel * v.k)
-    return out
-
-
-def global_thresholds(views: Sequence, density: float) -> Tensor:
-    """One trim threshold per expert over all tensors (shape (K, 1)); one expert flattened at a time."""
-    def one(i: int) -> Tensor:
-        flat = torch.cat([v.row(i).abs_().reshape(-1) for v in views])
-        return kth_largest_1d(flat, int(density * flat.numel()))
-
-    return torch.stack([one(i) for i in range(views[0].k)]).reshape(-1, 1)
-
-
-def check_ties_options(method: str, density, scope, sign, combine, lam) -> tuple[float, str, str, str, float]:
-    return (
-        check_fraction(method, "density", density),
-        check_choice(method, "scope", scope, SCOPES),
-        check_choice(method, "sign", sign, SIGNS),
-        check_choice(method, "combine", combine, COMBINES),
-        check_number(method, "lam", lam),
-    )
-
-
-@register("ties")
-def ties_merge(
-    pivot: Mapping[str, Tensor],
-    experts: Sequence[Mapping[str, Tensor]],
-    *,
-    density: float = 0.2,
-    scope: str = "global",
-    sign: str = "sum",
-    combine: str = "mean",
-    lam: float = 1.0,
-    diagnostics: dict | None = None,
-) -> dict[str, Tensor]:
-    """TIES-Merging. Defaults follow the TIES paper: top-20% (density 0.2), trimmed over the whole model
-    (the paper's code flattens the state dict), sign by total mass, disjoint mean, lambda = 1."""
-    density, scope, sign, combine, lam = check_ties_options("ties", density, scope, sign, combine, lam)
+    """TIES-Merging (module docstring; defaults in conf/merge/ties.yaml follow the TIES paper)."""
+    density = check_fraction("ties", "density", density)
+    scope = check_choice("ties", "scope", scope, TIES_SCOPES)
+    sign = check_choice("ties", "sign", sign, TIES_SIGNS)
+    combine = check_choice("ties", "combine", combine, TIES_COMBINES)
+    lam = check_number("ties", "lam", lam)
     validate_inputs(pivot, experts, min_experts=1, method="ties")
     keys = float_keys(pivot)
     upd = ties_combine(

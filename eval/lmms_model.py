@@ -204,6 +204,8 @@ class PivotMergeLMM(lmms):
         visuals = {}
         for index, request in enumerate(requests):
             context, continuation, doc_to_visual, doc_id, task, split = request.args
+            if callable(continuation):   # output_type loglikelihood passes the task's doc_to_target itself
+                continuation = str(continuation(self.task_dict[task][split][doc_id]))
             key = (task, split, doc_id, context)
             if key not in items:
                 items[key] = []

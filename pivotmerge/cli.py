@@ -14,7 +14,8 @@ with exit code 2, without a traceback.
 
 ``pivotmerge merge METHOD --base PIVOT --experts A B [C ...] --out MERGED [option=value ...]``
 merges projector checkpoints (safetensors or torch ``.bin``/``.pt``) with a method configured in
-``conf/merge/METHOD.yaml``; options are that YAML's keys, values typed like YAML/Hydra overrides.
+``conf/merge/METHOD.yaml`` (the merge registry, :mod:`pivotmerge.merging.registry`); options are that
+YAML's keys, values typed like YAML/Hydra overrides.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from typing import Any
 from pivotmerge.errors import ConfigError, PivotMergeError
 
 PROG = "pivotmerge"
-CONF_MERGE_DIR = Path(__file__).resolve().parents[1] / "conf" / "merge"
 SUBCOMMAND_MODULES: tuple[str, ...] = ("pivotmerge.interop.llava", "pivotmerge.data.clustering")  # register subcommands
 
 
@@ -71,35 +71,16 @@ class CLIError(ConfigError):
 
 # ------------------------------------------------------------------------------------------- merge
 def merge_config_names() -> list[str]:
-    return sorted(p.stem for p in CONF_MERGE_DIR.glob("*.yaml")) if CONF_MERGE_DIR.is_dir() else []
+    from pivotmerge.merging import available
+
+    return available()
 
 
 def load_merge_config(method: str) -> tuple[Callable, dict[str, Any]]:
-    """(merge function, default options) for ``method`` from conf/merge/METHOD.yaml.
-
-    Falls back to the registry (function signature defaults) when the conf directory is not available,
-    e.g. in a non-editable install.
-    """
+    """(merge function, default options) of ``method`` from the registry (conf/merge/METHOD.yaml)."""
     from pivotmerge.merging import get_method, method_defaults
 
-    path = CONF_MERGE_DIR / f"{method}.yaml"
-    if not CONF_MERGE_DIR.is_dir():
-        return get_method(method), method_defaults(method)
-    if not path.is_file():
-        raise CLIError(f"unknown merge method {method!r}; available: {', '.join(merge_config_names())}")
-    from omegaconf import OmegaConf
-
-    try:
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as e:
-        raise CLIError(f"{path}: cannot read config ({e})") from e
-    target = cfg.pop("_target_", None)
-    cfg.pop("_partial_", None)
-    if not isinstance(target, str) or "." not in target:
-        raise CLIError(f"{path}: missing _target_")
-    mod_name, fn_name = target.rsplit(".", 1)
-    fn = getattr(importlib.import_module(mod_name), fn_name)
-    return fn, cfg
+    return get_method(method), method_defaults(method)
 
 
 _OPTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

@@ -49,24 +49,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from baselines.task_arithmetic import apply_update, summed_task_vector
-from baselines.ties import kth_largest_1d
-from pivotmerge.merging import (
-    FlatTaskVectors,
-    MergeConfigError,
-    MergeInputError,
+from pivotmerge.merging.checks import (
     check_bool,
     check_choice,
     check_fraction,
     check_number,
+    validate_inputs,
+)
+from pivotmerge.merging.errors import MergeConfigError, MergeInputError
+from pivotmerge.merging.ops import (
+    FlatTaskVectors,
+    apply_update,
     chunks,
     diag_layer,
     finalize,
     float_keys,
     group_layers,
-    register,
-    validate_inputs,
+    kth_largest_1d,
+    summed_task_vector,
 )
+from pivotmerge.merging.registry import contract
 
 NAME = "pivotmerge"
 RANK_MODES = ("ratio", "energy")
@@ -182,24 +184,24 @@ def _call_loss(calibration_loss: Callable, sd: dict[str, Tensor], what: str) -> 
     return value
 
 
-@register(NAME)
+@contract(scale="lam", one_expert={}, identical="mean")
 def pivotmerge_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
     *,
-    sdf: bool = True,
-    rank_mode: str = "ratio",
-    rank_ratio: float = 0.5,
-    energy: float = 0.9,
-    filter: str = "sign",  # noqa: A002 - option name of the config
-    filter_threshold: float = 0.0,
-    remainder_density: float = 1.0,
-    alm: str = "proxy",
-    alm_proxy: str = "agreement",
-    alm_probe: str = "remove",
-    temperature: float = 0.5,
-    weight_range: Sequence[float] = (0.5, 1.0),
-    lam: float = 1.0,
+    sdf: bool,
+    rank_mode: str,
+    rank_ratio: float,
+    energy: float,
+    filter: str,  # noqa: A002 - option name of the config
+    filter_threshold: float,
+    remainder_density: float,
+    alm: str,
+    alm_proxy: str,
+    alm_probe: str,
+    temperature: float,
+    weight_range: Sequence[float],
+    lam: float,
     calibration_loss: Callable[[dict[str, Tensor]], float] | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:

@@ -128,6 +128,12 @@ class CalibrationSchema:
 
 
 @dataclass
+class MergeDiagnosticsSchema:
+    lmc: bool = rule()
+    lmc_points: int = rule(ge=2)
+
+
+@dataclass
 class MergeSearchSchema:
     enabled: bool = rule()
     budget: int = rule(ge=1)
@@ -146,6 +152,7 @@ class RunSchema:
     eval: EvalSchema = rule()
     calibration: CalibrationSchema = rule()
     merge_search: MergeSearchSchema = rule()
+    merge_diagnostics: MergeDiagnosticsSchema = rule()
 
 
 # ---- the generic checker -----------------------------------------------------------------------------
@@ -262,12 +269,12 @@ def _check_sources(cfg) -> list[str]:
 
 
 def _check_merges(cfg, n_experts: int) -> None:
-    import inspect
-
     import torch
     from hydra.utils import instantiate
 
     from pivotmerge.merging import MergeError
+    from pivotmerge.merging.calibration import compute_stats, needs_of
+    from pivotmerge.merging.registry import accepted_extras
     from pivotmerge.pipeline.merge import candidate_options, expand_variants
 
     methods = expand_variants(cfg)   # raises ConfigError on a bad variant
@@ -278,6 +285,7 @@ def _check_merges(cfg, n_experts: int) -> None:
              "2.weight": torch.randn(3, 5, generator=generator), "2.bias": torch.randn(3, generator=generator)}
     experts = [{k: v + 0.1 * torch.randn(v.shape, generator=generator) for k, v in pivot.items()}
                for _ in range(max(2, n_experts))]
+    stats = [compute_stats(e, torch.randn(16, 4, generator=generator), sample_tokens=16) for e in experts]
     for name, method_cfg in methods.items():
         if "_target_" not in method_cfg:
             raise PreflightError(f"config merge.{name} has no _target_: select methods with merge=[...] from "
@@ -292,8 +300,12 @@ def _check_merges(cfg, n_experts: int) -> None:
             except Exception as exc:   # hydra wraps import errors and bad keyword arguments
                 raise PreflightError(f"config merge.{name}: cannot build {method_cfg._target_!r} "
                                      f"({str(exc).splitlines()[0]})") from exc
-            accepted = inspect.signature(fn).parameters
+            accepted = accepted_extras(fn)
             kwargs = {"calibration_loss": lambda state: 0.0} if "calibration_loss" in accepted else {}
+            if "calibration" in accepted:   # synthetic statistics: the method's own checks are what is tested
+                fisher = "fisher" in needs_of(fn)
+                kwargs["calibration"] = [s if not fisher else type(s)(s.grams, s.counts, s.inputs, {
+                    k: torch.rand(v.shape, generator=generator) for k, v in pivot.items()}) for s in stats]
             try:
                 fn(pivot, experts, **kwargs)
             except (MergeError, ConfigError) as exc:

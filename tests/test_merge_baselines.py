@@ -1,25 +1,14 @@
-"""Known-answer, invariant and reference (peft) tests of the baseline merge methods."""
+"""Known-answer and reference (peft) tests of the TIES / DARE / Task Arithmetic baselines.
+
+The properties every method shares (dtype, order, identical experts, option errors, CLI) are checked for
+all of them in tests/test_merge_contract.py; the registry itself in tests/test_merge_registry.py."""
 
 from __future__ import annotations
-
-import inspect
-from pathlib import Path
 
 import pytest
 import torch
 
-from pivotmerge.merging import (
-    MergeConfigError,
-    MergeInputError,
-    available,
-    get_method,
-    group_layers,
-    layer_name,
-    merge,
-    task_vectors,
-)
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "merge"
+from pivotmerge.merging import MergeConfigError, MergeInputError, group_layers, layer_name, merge, task_vectors
 
 
 def make(k=3, seed=0, dtype=torch.float32):
@@ -87,65 +76,13 @@ def test_task_vectors_helper():
     torch.testing.assert_close(tv[1]["0.bias"], experts[1]["0.bias"] - pivot["0.bias"])
 
 
-# --------------------------------------------------------------------------------- invariants
-@pytest.mark.parametrize(
-    "name,opts",
-    [("task_arithmetic", {"lam": 0.7}), ("ties", {"density": 1.0, "lam": 0.7}),
-     ("dare", {"p": 0.0, "lam": 0.7}), ("dare_ties", {"p": 0.0, "lam": 0.7})],
-)
-def test_one_expert_gives_pivot_plus_lam_tau(name, opts):
-    pivot, experts = make(1)
-    m = merge(name, pivot, experts, **opts)
-    for k, v in pivot.items():
-        if v.is_floating_point():
-            torch.testing.assert_close(m[k], v + 0.7 * (experts[0][k] - v))
-        else:
-            assert torch.equal(m[k], v)
-
-
-@pytest.mark.parametrize("name,opts", [("average", {}), ("ties", {"density": 1.0}), ("ties", {"scope": "tensor", "density": 1.0, "sign": "count"}),
-                                       ("dare_ties", {"p": 0.0}), ("task_arithmetic", {"lam": 1 / 3})])
-def test_identical_experts_merge_to_themselves(name, opts):
-    pivot, experts = make(1)
-    m = merge(name, pivot, [experts[0]] * 3, **opts)
-    for k in pivot:
-        torch.testing.assert_close(m[k], experts[0][k], rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("name,opts", [("average", {}), ("task_arithmetic", {}), ("ties", {}),
-                                       ("ties", {"scope": "tensor", "sign": "count", "combine": "sum"})])
-def test_permutation_invariance(name, opts):
-    pivot, experts = make(4)
-    a = merge(name, pivot, experts, **opts)
-    b = merge(name, pivot, experts[::-1], **opts)
-    for k in pivot:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("name", ["average", "task_arithmetic", "ties", "dare_ta", "dare_ties"])
-def test_dtype_of_pivot_is_kept(name, dtype):
-    pivot, experts = make(2, dtype=dtype)
-    m = merge(name, pivot, experts)
-    assert list(m) == list(pivot)
-    assert all(m[k].dtype == pivot[k].dtype and m[k].shape == pivot[k].shape for k in pivot)
-
-
-def test_inputs_are_not_mutated():
-    pivot, experts = make(3)
-    before = [{k: v.clone() for k, v in sd.items()} for sd in [pivot, *experts]]
-    for name in ["average", "task_arithmetic", "ties", "dare_ta", "dare_ties"]:
-        merge(name, pivot, experts)
-    for sd, ref in zip([pivot, *experts], before):
-        assert all(torch.equal(sd[k], ref[k]) for k in sd)
-
-
 # -------------------------------------------------------------------------------------- DARE
-@pytest.mark.parametrize("then,base,extra", [("ta", "task_arithmetic", {}), ("ties", "ties", {"density": 0.5, "scope": "tensor"}),
-                                             ("ties", "ties", {"density": 0.3, "scope": "global", "sign": "count"})])
-def test_dare_p0_equals_its_base(then, base, extra):
+@pytest.mark.parametrize("name,base,extra", [("dare_ta", "task_arithmetic", {}),
+                                             ("dare_ties", "ties", {"density": 0.5, "scope": "tensor"}),
+                                             ("dare_ties", "ties", {"density": 0.3, "scope": "global", "sign": "count"})])
+def test_dare_p0_equals_its_base(name, base, extra):
     pivot, experts = make(3)
-    a = merge("dare", pivot, experts, p=0.0, then=then, lam=0.8, **extra)
+    a = merge(name, pivot, experts, p=0.0, lam=0.8, **extra)
     b = merge(base, pivot, experts, lam=0.8, **extra)
     assert all(torch.equal(a[k], b[k]) for k in pivot)
 
@@ -169,7 +106,7 @@ def test_dare_kept_entries_rescaled_exactly_and_seeded():
         n_all += kept.numel()
     assert any(not torch.equal(dropped[k], other[k]) for k in keys)
     assert 0.45 < n_kept / n_all < 0.95  # ~0.7 kept on 135 entries
-    m = merge("dare", pivot, experts, p=1.0)
+    m = merge("dare_ta", pivot, experts, p=1.0)
     assert all(torch.equal(m[k], pivot[k]) for k in pivot)
 
 
@@ -213,13 +150,15 @@ class _nullcontext:
         return False
 
 
-@pytest.mark.parametrize("then,peft_fn", [("ta", "dare_linear"), ("ties", "dare_ties")])
-def test_dare_matches_peft_bit_for_bit(then, peft_fn):
+@pytest.mark.parametrize("name,peft_fn,extra", [
+    ("dare_ta", "dare_linear", {}),
+    ("dare_ties", "dare_ties", {"density": 1.0, "scope": "tensor", "sign": "sum", "combine": "mean"}),
+])
+def test_dare_matches_peft_bit_for_bit(name, peft_fn, extra):
     mu = pytest.importorskip("peft.utils.merge_utils")
     pivot, experts = make(3, seed=5)
     p, seed = 0.4, 123
-    ours = merge("dare", pivot, experts, p=p, seed=seed, then=then, density=1.0, scope="tensor", sign="sum",
-                 combine="mean", lam=1.0)
+    ours = merge(name, pivot, experts, p=p, seed=seed, lam=1.0, **extra)
     torch.manual_seed(seed)  # peft draws its masks from the global RNG in the same order
     ref = _peft_ref(pivot, experts, getattr(mu, peft_fn), density=1 - p)
     for k in ref:
@@ -247,73 +186,10 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize("name,opts,msg", [
     ("ties", {"density": 1.5}, "density=1.5 is outside"), ("ties", {"density": -0.1}, "outside"),
     ("ties", {"scope": "layer"}, "scope"), ("ties", {"sign": "max"}, "sign"), ("ties", {"combine": "max"}, "combine"),
-    ("dare", {"p": 2}, "p=2 is outside"), ("dare", {"then": "avg"}, "then"), ("dare", {"seed": 0.5}, "integer"),
+    ("dare_ta", {"p": 2}, "p=2 is outside"), ("dare_ties", {"seed": 0.5}, "integer"),
     ("task_arithmetic", {"lam": "x"}, "lam"), ("ties", {"densty": 0.2}, "unknown option"),
 ])
 def test_bad_options(name, opts, msg):
     pivot, experts = make(2)
     with pytest.raises(MergeConfigError, match=msg):
         merge(name, pivot, experts, **opts)
-
-
-def test_registry():
-    assert {"average", "task_arithmetic", "ties", "dare", "dare_ta", "dare_ties", "pivotmerge"} <= set(available())
-    with pytest.raises(MergeConfigError, match="unknown merge method 'nope'; available: average"):
-        get_method("nope")
-    assert layer_name("model.mm_projector.2.weight") == "model.mm_projector.2"
-    assert layer_name("bias") == "bias"
-    assert group_layers(["0.weight", "0.bias", "2.weight"]) == {"0": ["0.weight", "0.bias"], "2": ["2.weight"]}
-
-
-# ---------------------------------------------------------------------------------- configs
-CONFIGS = ["average", "task_arithmetic", "ties", "dare_ta", "dare_ties", "pivotmerge"]
-
-
-@pytest.mark.parametrize("name", CONFIGS)
-def test_config_instantiates_to_partial_and_keys_are_options(name):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    text = (CONF / f"{name}.yaml").read_text()
-    # Hydra 1.3 has no `_group_`/`_name_` package keywords any more: each file names its own node
-    assert text.startswith(f"# @package merge.{name}\n")
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    fn = instantiate(cfg)
-    target = instantiate({"_target_": "hydra.utils.get_method", "path": cfg._target_})
-    params = inspect.signature(target).parameters
-    for key in cfg:
-        if key in ("_target_", "_partial_"):
-            continue
-        assert params[key].kind is inspect.Parameter.KEYWORD_ONLY
-        assert OmegaConf.to_container(cfg)[key] == (list(params[key].default)
-                                                   if isinstance(params[key].default, tuple) else params[key].default) \
-            or key == "then"
-    pivot, experts = make(2)
-    out = fn(pivot, experts)
-    assert set(out) == set(pivot)
-
-
-def test_hydra_multiselect_packages_under_method_name():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
-        cfg = compose(config_name=None, overrides=["+merge=[pivotmerge,ties]", "merge.ties.density=0.3"])
-    assert list(cfg.merge) == ["pivotmerge", "ties"]
-    assert cfg.merge.ties.density == 0.3 and cfg.merge.pivotmerge.alm == "proxy"
-
-
-@pytest.mark.parametrize("case", ["gauss", "zeros", "ties"])
-def test_fast_kth_largest_is_exact(case):
-    from baselines.ties import kth_largest_1d
-
-    g = torch.Generator().manual_seed(0)
-    n = (1 << 20) + 17
-    x = torch.randn(n, generator=g).abs()
-    if case == "zeros":
-        x[: n // 2] = 0  # many equal values around small k
-    elif case == "ties":
-        x = (x * 4).round()  # few distinct values: bracket misses -> exact fallback
-    for frac in (0.001, 0.2, 0.5, 0.9):
-        k = int(frac * n)
-        assert kth_largest_1d(x, k) == x.kthvalue(n - k + 1).values
-    assert kth_largest_1d(x, 0) == float("inf") and kth_largest_1d(x, n) == float("-inf")

@@ -162,6 +162,23 @@ def test_merge_stage_selection_and_reuse(first_run, tiny_model_cfg):
     assert {r["status"] for r in again.log.rows if r["stage"] == "merge"} == {"reused"}
 
 
+def test_merge_stage_runs_the_subspace_methods_with_their_scale_searched(first_run, tiny_model_cfg):
+    tmp, _, _ = first_run
+    names = ["tsv_m", "iso_c", "iso_cts", "wudi"]
+    ctx = run(compose_cfg(tmp, tiny_model_cfg, [
+        "stages=[data,features,pivot,experts,merge]", f"merge=[{','.join(names)}]", "calibration.per_source=4",
+        "merge_search.enabled=true", "merge_search.budget=2", "+merge_search.grids.iso_c.alpha=[0.5]"]))
+    assert set(ctx.merged) == set(names)
+    pivot = ctx.projector(ctx.pivot)
+    for name in names:
+        merged = ctx.projector(ctx.merged[name])
+        assert set(merged) == set(pivot) and all(torch.isfinite(v).all() for v in merged.values())
+        diag = json.loads((ctx.merged[name].path / "diagnostics" / "diagnostics.json").read_text())
+        assert diag["method"] == name and diag["experts"] == ["digits", "words"]
+    selection = json.loads((Path(ctx.output_dir) / "selection_seed0.json").read_text())
+    assert [c["options"]["alpha"] for c in selection["iso_c"]["candidates"]] == [1.0, 0.5]
+
+
 def test_merge_subset_of_experts(first_run, tiny_model_cfg):
     tmp, _, _ = first_run
     ctx = run(compose_cfg(tmp, tiny_model_cfg, ["stages=[data,features,pivot,experts,merge]", "merge=[average]",

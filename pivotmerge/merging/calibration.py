@@ -113,10 +113,24 @@ def compute_stats(state: Mapping[str, Tensor], features: Tensor, *, sample_token
     return ExpertStats(grams, counts, tokens[pick].clone(), None, dict(meta or {}))
 
 
+def calibration_needs(*kinds: str):
+    """Declare which optional statistics a data-aware method reads beyond Grams and inputs (e.g. "fisher"),
+    so that the pipeline computes them only for the methods that ask."""
+    def deco(fn):
+        fn.calibration_needs = frozenset(kinds)
+        return fn
+
+    return deco
+
+
+def needs_of(fn) -> frozenset[str]:
+    return getattr(getattr(fn, "func", fn), "calibration_needs", frozenset())
+
+
 # ---- layer-wise least squares (RegMean's closed form and its relatives) ------------------------------------
-#: ridge of the Gram solves, relative to the mean diagonal (LayerNorm'd features make a plain Gram singular:
-#: every token sums to zero)
-RIDGE = 1e-8
+#: eigenvalues of a Gram sum below this fraction of the largest are treated as zero (LayerNorm'd features make
+#: a plain Gram singular: every token sums to zero; no domain has inputs there, so no update goes there)
+PINV_RTOL = 1e-12
 
 
 def layer_keys(layer: str) -> tuple[str, str]:
@@ -145,10 +159,12 @@ def augmented_task_matrix(pivot: Mapping[str, Tensor], expert: Mapping[str, Tens
 
 
 def gram_solve(rhs: Tensor, total: Tensor) -> Tensor:
-    """X with X total = rhs (total a symmetric PSD sum of Grams; a relative ridge keeps it invertible)."""
-    ridge = RIDGE * float(torch.diagonal(total).mean().clamp_min(1e-30))
-    system = total + ridge * torch.eye(total.shape[0], dtype=total.dtype)
-    return torch.linalg.solve(system, rhs.T).T
+    """rhs total^+ (total a symmetric PSD sum of Grams; the pseudo-inverse leaves directions no input uses
+    untouched instead of amplifying rounding noise there)."""
+    evals, evecs = torch.linalg.eigh(total.double())
+    keep = evals > PINV_RTOL * float(evals.max().clamp_min(1e-300))
+    inverse = torch.where(keep, 1.0 / evals.clamp_min(1e-300), torch.zeros_like(evals))
+    return ((rhs.double() @ evecs) * inverse) @ evecs.T
 
 
 def regmean_solve(taus: Sequence[Tensor], grams: Sequence[Tensor], weights: Sequence[float] | None = None) -> Tensor:
@@ -228,6 +244,6 @@ def check_stats(stats: Sequence[ExpertStats] | None, n_experts: int, method: str
     return stats
 
 
-__all__ = ["RIDGE", "ExpertStats", "apply_layer", "augmented_gram", "augmented_task_matrix", "check_stats",
+__all__ = ["PINV_RTOL", "ExpertStats", "apply_layer", "calibration_needs", "needs_of", "augmented_gram", "augmented_task_matrix", "check_stats",
            "compute_stats", "gram_solve", "layer_gram", "layer_inputs", "layer_keys", "linear_layers", "load_stats",
            "projector_forward", "regmean_solve", "save_stats", "shrink", "split_update"]

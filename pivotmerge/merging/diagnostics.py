@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pivotmerge.merging import compute_dtype, diag_layer, float_keys, group_layers, stacked_task_vector
+from pivotmerge.merging.ops import compute_dtype, diag_layer, float_keys, group_layers, stacked_task_vector
 
 MAX_FULL_SVD = 1024  # exact svdvals up to this min(m, n); randomized top-TOPK above
 TOPK = 64

@@ -34,7 +34,7 @@ from pivotmerge.errors import CacheError
 
 # Bump a stage's version when its code changes what it writes: old entries then stop matching.
 STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2, "eval_suite": 2, "stats": 1,
-                  "lmc": 1}
+                  "fisher": 1, "lmc": 1}
 MANIFEST = "manifest.json"
 # Distributions whose version shapes each stage's output (part of its key).
 STAGE_LIBRARIES = {
@@ -47,6 +47,7 @@ STAGE_LIBRARIES = {
     "select": ("torch", "transformers"),
     "stats": ("torch", "transformers"),
     "lmc": ("torch", "transformers"),
+    "fisher": ("torch", "transformers"),
     "eval": ("torch", "transformers", "lmms-eval", "datasets"),
     "eval_suite": ("datasets", "pyarrow", "lmms-eval"),
 }

@@ -35,37 +35,56 @@ def diagonal_fisher(mllm, state: dict[str, torch.Tensor], features: torch.Tensor
     return {name: (total / features.shape[0]).float() for name, total in sums.items()}
 
 
-def expert_statistics(ctx, expert_names: list[str], *, fisher: bool) -> tuple[list[ExpertStats], dict[str, str]]:
-    """(statistics per expert in `expert_names` order, their cache keys by expert)."""
-    from pivotmerge.training import DEFAULT_INSTRUCTIONS
+def _cached(ctx, stage: str, name: str, spec: dict, build, note: str):
+    key = content_key(stage, spec)
+    started = time.perf_counter()
+    with ctx.store.claim(stage, key) as staging:
+        if staging is not None:
+            build(staging / STATS_FILE)
+            ctx.store.commit(stage, key, spec)
+        artifact = Artifact(stage, key, ctx.store.folder(stage, key), reused=staging is None)
+    ctx.log.add(stage, name, artifact, time.perf_counter() - started, note)
+    return load_stats(ctx.store.verify(stage, key) / STATS_FILE), key
 
+
+def expert_statistics(ctx, expert_names: list[str]) -> tuple[list[ExpertStats], dict[str, str]]:
+    """Input Grams and a token sample of each expert on its source's TRAIN rows (in `expert_names` order),
+    and their cache keys by expert."""
     cfg = ctx.cfg.calibration
-    rows, sample, fisher_rows = int(cfg.train_rows), int(cfg.sample_tokens), int(cfg.fisher_rows)
+    rows, sample = int(cfg.train_rows), int(cfg.sample_tokens)
     out, keys = [], {}
     for name in expert_names:
         spec = {"expert": ctx.experts[name].key, "features": ctx.feature_artifacts[name].key, "train_rows": rows,
-                "sample_tokens": sample, "fisher_rows": fisher_rows if fisher else 0}
-        key = content_key("stats", spec)
-        started = time.perf_counter()
-        with ctx.store.claim("stats", key) as staging:
-            if staging is not None:
-                feats = ctx.features[name]
-                state = ctx.projector(ctx.experts[name])
-                train = feats.features["train"][:rows]
-                stats = compute_stats(state, train, sample_tokens=sample, seed=0,
-                                      meta={"source": name, "split": "train", "rows": int(train.shape[0])})
-                if fisher:
-                    n = min(fisher_rows, train.shape[0])
-                    texts = [ctx.mllm.encode_text(DEFAULT_INSTRUCTIONS[0], ctx.sources[name].caption(label, 0))
-                             for label in feats.labels["train"][:n]]
-                    stats.fisher = diagonal_fisher(ctx.mllm, state, train[:n], texts)
-                save_stats(stats, staging / STATS_FILE)
-                ctx.store.commit("stats", key, spec)
-                artifact = Artifact("stats", key, ctx.store.folder("stats", key), reused=False)
-            else:
-                artifact = Artifact("stats", key, ctx.store.folder("stats", key), reused=True)
-        ctx.log.add("stats", name, artifact, time.perf_counter() - started,
-                    "train split" + (", Fisher" if fisher else ""))
-        out.append(load_stats(ctx.store.verify("stats", key) / STATS_FILE))
-        keys[name] = key
+                "sample_tokens": sample}
+
+        def build(path, name=name):
+            train = ctx.features[name].features["train"][:rows]
+            save_stats(compute_stats(ctx.projector(ctx.experts[name]), train, sample_tokens=sample, seed=0,
+                                     meta={"source": name, "split": "train", "rows": int(train.shape[0])}), path)
+
+        stats, keys[name] = _cached(ctx, "stats", name, spec, build, f"train split, {rows} rows")
+        out.append(stats)
+    return out, keys
+
+
+def expert_fisher(ctx, expert_names: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """The diagonal Fisher of each expert's caption loss on the first `calibration.fisher_rows` TRAIN rows of
+    its source (a separate cache entry: only Fisher merging needs it)."""
+    from pivotmerge.training import DEFAULT_INSTRUCTIONS
+
+    n_rows = int(ctx.cfg.calibration.fisher_rows)
+    out, keys = [], {}
+    for name in expert_names:
+        spec = {"expert": ctx.experts[name].key, "features": ctx.feature_artifacts[name].key, "fisher_rows": n_rows}
+
+        def build(path, name=name):
+            feats = ctx.features[name]
+            n = min(n_rows, feats.features["train"].shape[0])
+            texts = [ctx.mllm.encode_text(DEFAULT_INSTRUCTIONS[0], ctx.sources[name].caption(label, 0))
+                     for label in feats.labels["train"][:n]]
+            fisher = diagonal_fisher(ctx.mllm, ctx.projector(ctx.experts[name]), feats.features["train"][:n], texts)
+            save_stats(ExpertStats({}, {}, None, fisher, {"source": name, "split": "train", "rows": n}), path)
+
+        stats, keys[name] = _cached(ctx, "fisher", name, spec, build, f"train split, {n_rows} rows")
+        out.append(stats.fisher)
     return out, keys

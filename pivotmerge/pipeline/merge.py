@@ -1,12 +1,15 @@
 """Stage 5 (merge): every configured method turns (pivot, experts) into one projector, with diagnostics.
 
-`cfg.merge` maps a method name to its config (`conf/merge/<name>.yaml`, a `_partial_` target). A method
-that takes `calibration_loss` and runs in a data-driven mode gets the caption loss of a fixed calibration
-batch drawn from the sources' *validation* splits (never test data).
+`cfg.merge` maps a method name to its config (`conf/merge/<name>.yaml`, a `_partial_` target; the merge
+registry, pivotmerge/merging/registry.py). A method gets the keyword arguments of
+`registry.NON_OPTIONS` that its signature accepts: `diagnostics`; `calibration` (each expert's statistics
+from its source's TRAIN split, pivotmerge/pipeline/calibration.py); `calibration_loss` (the caption loss of
+fixed VAL rows). Test data never reaches a merge. With `merge_diagnostics.lmc` the stage also measures the
+loss barriers between pivot and experts (pivotmerge/pipeline/lmc.py).
 """
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import time
 
@@ -16,6 +19,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from pivotmerge.errors import ConfigError
+from pivotmerge.merging.calibration import needs_of
+from pivotmerge.merging.registry import accepted_extras, check_options, conf_dir, import_target
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
 
@@ -82,17 +87,16 @@ def expand_variants(cfg) -> dict:
     A variant starts from the run's own settings of its base method when the run merges with it (so an
     experiment that sets `merge.pivotmerge.lam` changes its variants too), else from conf/merge/<base>.yaml.
     """
-    from pathlib import Path
+    from pivotmerge.merging.registry import available
 
     methods = dict(cfg.get("merge") or {})
-    conf_dir = Path(__file__).resolve().parents[2] / "conf" / "merge"
     for name, variant in (cfg.get("merge_variants") or {}).items():
         variant = OmegaConf.to_container(variant, resolve=True)
         base = variant.pop("base", None)
-        path = conf_dir / f"{base}.yaml"
+        path = conf_dir() / f"{base}.yaml"
         if base is None or not path.is_file():
             raise ConfigError(f"merge_variants.{name}.base must name a file of conf/merge/ "
-                              f"({', '.join(sorted(p.stem for p in conf_dir.glob('*.yaml')))}), got {base!r}")
+                              f"({', '.join(available())}), got {base!r}")
         base_cfg = methods[base] if base in methods else OmegaConf.load(path)
         unknown = [k for k in variant if k not in base_cfg]
         if unknown:
@@ -101,8 +105,44 @@ def expand_variants(cfg) -> dict:
     return methods
 
 
-def _uses_data(method_cfg) -> bool:
-    return str(method_cfg.get("alm", "off")) == "data"
+class MergeInputs:
+    """What a merge method may ask for besides (pivot, experts), built once per seed and only when needed:
+    `calibration` (per-expert statistics of its TRAIN split; the Fisher too for methods that declare it) and
+    `calibration_loss` (the caption loss on fixed VAL rows)."""
+
+    def __init__(self, ctx, expert_names: list[str]):
+        self.ctx, self.expert_names = ctx, expert_names
+        self._stats = self._stats_keys = self._fisher = self._fisher_keys = self._loss = None
+
+    def stats(self, fisher: bool):
+        from pivotmerge.pipeline.calibration import expert_fisher, expert_statistics
+
+        if self._stats is None:
+            self._stats, self._stats_keys = expert_statistics(self.ctx, self.expert_names)
+        if not fisher:
+            return self._stats, self._stats_keys
+        if self._fisher is None:
+            self._fisher, self._fisher_keys = expert_fisher(self.ctx, self.expert_names)
+        with_fisher = [dataclasses.replace(s, fisher=f) for s, f in zip(self._stats, self._fisher)]
+        return with_fisher, {**self._stats_keys, **{f"fisher:{k}": v for k, v in self._fisher_keys.items()}}
+
+    def loss(self):
+        if self._loss is None:
+            self._loss = make_calibration_loss(self.ctx, int(self.ctx.cfg.calibration.per_source))
+        return self._loss
+
+    def for_method(self, fn) -> tuple[dict, dict]:
+        """(keyword arguments, their identity for the cache key) for what `fn` accepts."""
+        accepted = accepted_extras(fn)
+        kwargs, identity = {}, {}
+        if "calibration" in accepted:
+            fisher = "fisher" in needs_of(fn)
+            kwargs["calibration"], identity["calibration"] = self.stats(fisher)
+        if "calibration_loss" in accepted:
+            kwargs["calibration_loss"] = self.loss()
+            identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source),
+                                            "features": {n: a.key for n, a in self.ctx.feature_artifacts.items()}}
+        return kwargs, identity
 
 
 def run(ctx) -> None:
@@ -113,7 +153,6 @@ def run(ctx) -> None:
     if not methods:
         print("[   merge] no merge methods selected (merge=[...]): skipped", flush=True)
         return
-    per_source = int(cfg.calibration.per_source)
     pivot = ctx.projector(ctx.pivot)
     expert_names = list(ctx.experts)
     subset = cfg.get("num_experts_merged")
@@ -123,7 +162,7 @@ def run(ctx) -> None:
         expert_names = expert_names[:int(subset)]
     ctx.merge_experts = expert_names
     experts = [ctx.projector(ctx.experts[n]) for n in expert_names]
-    calibration_loss = None
+    inputs = MergeInputs(ctx, expert_names)
     search = cfg.get("merge_search") or {}
     selections = {}
     for name, method_cfg in methods.items():
@@ -131,48 +170,52 @@ def run(ctx) -> None:
             raise ConfigError(f"merge.{name} has no _target_: select methods with merge=[...] from conf/merge/")
         options = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items()
                    if not k.startswith("_")}
+        check_options(import_target(method_cfg._target_, f"merge.{name}"), options, f"merge.{name}")
         if search.get("enabled", False):
-            if calibration_loss is None:
-                calibration_loss = make_calibration_loss(ctx, per_source)
-            options, table = select_options(ctx, name, method_cfg, options, search, pivot, experts,
-                                            calibration_loss)
+            options, table = select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs)
             selections[name] = {"chosen": options, "candidates": table}
             method_cfg = OmegaConf.merge(method_cfg, options)
+        fn = instantiate(method_cfg)
+        kwargs, identity = inputs.for_method(fn)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in expert_names},
-                "target": method_cfg._target_, "options": options}
-        if _uses_data(method_cfg):
-            spec["calibration"] = {"per_source": per_source,
-                                   "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
+                "target": method_cfg._target_, "options": options, **identity}
         key = content_key("merge", spec)
         started = time.perf_counter()
         with ctx.store.claim("merge", key) as staging:
             if staging is None:
                 ctx.merged[name] = Artifact("merge", key, ctx.store.folder("merge", key), reused=True)
             else:
-                if calibration_loss is None and _uses_data(method_cfg):
-                    calibration_loss = make_calibration_loss(ctx, per_source)
-                ctx.merged[name] = _merge_into(ctx, staging, name, key, spec, method_cfg, options, pivot, experts,
-                                               expert_names, calibration_loss)
+                ctx.merged[name] = _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, experts,
+                                               expert_names)
         ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
     if selections:
         path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
         path.write_text(json.dumps(selections, indent=2, default=str))
         print(f"[   merge] hyperparameters selected on val splits (budget {search.get('budget')}): {path}")
+    if cfg.merge_diagnostics.lmc:
+        _connectivity(ctx, pivot, dict(zip(expert_names, experts)), inputs)
 
 
-def _merge_into(ctx, staging, name, key, spec, method_cfg, options, pivot, experts, expert_names,
-                calibration_loss) -> Artifact:
+def _connectivity(ctx, pivot, experts: dict, inputs: MergeInputs) -> None:
+    import shutil
+
+    from pivotmerge.pipeline.lmc import run_lmc
+
+    artifact = run_lmc(ctx, pivot, experts, inputs.loss(), int(ctx.cfg.merge_diagnostics.lmc_points))
+    folder = ctx.output_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = f"_seed{int(ctx.cfg.seed)}" if ctx.cfg.get("seeds") else ""
+    shutil.copy2(artifact.path / "lmc.png", folder / f"loss_barriers{suffix}.png")
+    shutil.copy2(artifact.path / "lmc.json", folder / f"loss_barriers{suffix}.json")
+
+
+def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, experts, expert_names) -> Artifact:
     from pivotmerge.merging.diagnostics import collect, write_diagnostics
 
     started = time.perf_counter()
-    fn = instantiate(method_cfg)
-    accepted = inspect.signature(fn).parameters
-    kwargs: dict = {}
     diagnostics: dict = {}
-    if "diagnostics" in accepted:
-        kwargs["diagnostics"] = diagnostics
-    if _uses_data(method_cfg) and "calibration_loss" in accepted:
-        kwargs["calibration_loss"] = calibration_loss
+    if "diagnostics" in accepted_extras(fn):
+        kwargs = {**kwargs, "diagnostics": diagnostics}
     merged = fn(pivot, experts, **kwargs)
     seconds = time.perf_counter() - started
     save_file({k: v.contiguous() for k, v in merged.items()}, str(staging / PROJECTOR_FILE))
@@ -184,26 +227,25 @@ def _merge_into(ctx, staging, name, key, spec, method_cfg, options, pivot, exper
     return Artifact("merge", key, ctx.store.commit("merge", key, spec), reused=False)
 
 
-def select_options(ctx, name, method_cfg, options, search, pivot, experts, calibration_loss):
-    """Pick the options with the lowest val caption loss among `budget` candidates (cached per candidate)."""
+def select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs: MergeInputs):
+    """Pick the options with the lowest VAL caption loss among `budget` candidates (cached per candidate)."""
     grid = (search.get("grids") or {}).get(name) or {}
     candidates = candidate_options(options, OmegaConf.to_container(grid, resolve=True) if grid else {},
                                    int(search.budget))
+    loss_fn = inputs.loss()
     table = []
     for candidate in candidates:
+        fn = instantiate(OmegaConf.merge(method_cfg, candidate))
+        kwargs, identity = inputs.for_method(fn)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
                 "target": method_cfg._target_, "options": candidate, "per_source": int(ctx.cfg.calibration.per_source),
-                "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
+                "features": {n: a.key for n, a in ctx.feature_artifacts.items()}, **identity}
         key = content_key("select", spec)
         with ctx.store.claim("select", key) as staging:
             if staging is None:
                 loss = json.loads((ctx.store.verify("select", key) / "score.json").read_text())["val_loss"]
             else:
-                fn = instantiate(OmegaConf.merge(method_cfg, candidate))
-                kwargs = {}
-                if str(candidate.get("alm", "off")) == "data":
-                    kwargs["calibration_loss"] = calibration_loss
-                loss = calibration_loss(fn(pivot, experts, **kwargs))
+                loss = loss_fn(fn(pivot, experts, **kwargs))
                 (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
                 ctx.store.commit("select", key, spec)
         table.append({"options": candidate, "val_loss": round(loss, 5)})
