@@ -212,6 +212,7 @@ def _cuda_available() -> bool:
 def run(ctx) -> None:
     from eval.lmms_model import PivotMergeLMM
     from pivotmerge.pipeline.artifacts import Artifact
+    from pivotmerge.wandb_logging import enabled, log_stage_run, results_artifact
 
     cfg = ctx.cfg
     models = ctx.models()
@@ -228,6 +229,8 @@ def run(ctx) -> None:
         workers = 1
     started = time.perf_counter()
     tasks, manager_args, task_meta, suite_key = _suite_and_tasks(ctx)
+    if "include_path" in manager_args:
+        print(f"[    eval] benchmark suite (lmms-eval --include_path): {manager_args['include_path']}", flush=True)
     ctx.log.add("eval", f"suite ({len(tasks)} tasks)", None, time.perf_counter() - started, ", ".join(tasks))
     with_vision = settings["name"] == "lmms_standard"
     batch_size = int(cfg.eval.get("batch_size", 16))
@@ -251,6 +254,7 @@ def run(ctx) -> None:
     results_dir = Path(ctx.output_dir) / RESULTS_DIR
     (results_dir / "lmms").mkdir(parents=True, exist_ok=True)
     run_id = Path(ctx.output_dir).name
+    evaluated: dict = {}    # model -> its evaluation's cache entry
     mllm = None
     original = None
     try:
@@ -300,8 +304,11 @@ def run(ctx) -> None:
                                 experiment=str(cfg.experiment_name), task_meta=task_meta)
             append_rows(results_dir, rows)
             primary = {r["benchmark"]: round(r["value"], 3) for r in rows if r["primary"]}
-            ctx.log.add("eval", model_name, Artifact("eval", key, folder, reused), seconds, json.dumps(primary))
+            evaluated[model_name] = Artifact("eval", key, folder, reused)
+            ctx.log.add("eval", model_name, evaluated[model_name], seconds, json.dumps(primary))
     finally:
         if original is not None:
             mllm.projector.load_state_dict(original)
     (results_dir / "suite.json").write_text(json.dumps({"suite": suite_key, "tasks": task_meta}, indent=2))
+    log_stage_run(cfg, store, "eval", f"eval-seed{int(cfg.seed)}", evaluated.values(), link_reused=True,
+                  outputs=[results_artifact(results_dir)] if enabled(cfg) else [])

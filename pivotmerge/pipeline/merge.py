@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from pivotmerge.errors import ConfigError
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
+from pivotmerge.wandb_logging import log_stage_run
 
 
 def calibration_batch(ctx, per_source: int) -> dict[str, torch.Tensor]:
@@ -172,6 +173,7 @@ def run(ctx) -> None:
                                                           "merge_seconds": round(seconds, 3)}, indent=2))
         ctx.merged[name] = Artifact("merge", key, ctx.store.commit("merge", key, spec), reused=False)
         ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
+    log_stage_run(cfg, ctx.store, "merge", f"merge-seed{int(cfg.seed)}", ctx.merged.values())
     if selections:
         path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
         path.write_text(json.dumps(selections, indent=2, default=str))

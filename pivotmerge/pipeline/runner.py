@@ -17,6 +17,7 @@ from pivotmerge.pipeline.data import build_source, run_data_stage
 from pivotmerge.pipeline.features import SourceFeatures, load_source_features, run_features_stage
 from pivotmerge.pipeline.train import load_projector, run_training_stage, seeded_projector
 from pivotmerge.training import CaptionSource
+from pivotmerge.wandb_logging import log_stage_run
 
 TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "warmup_ratio", "accumulate_grad_batches", "precision")
 
@@ -141,6 +142,7 @@ def stage_data_and_features(ctx: Context) -> None:
         ctx.features[name] = load_source_features(ctx.store, name, artifact)
         shape = tuple(ctx.features[name].features["train"].shape)
         ctx.log.add("features", name, artifact, time.perf_counter() - started, f"train {shape}")
+    log_stage_run(cfg, ctx.store, "features", f"features-seed{cfg.seed}", ctx.feature_artifacts.values())
 
 
 def stage_pivot(ctx: Context, logger_factory) -> None:
