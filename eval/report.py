@@ -309,8 +309,8 @@ def find_stores(cfg, output_dir: Path) -> list[Path]:
     return [path]
 
 
-def log_wandb(cfg, table: Table, paths: dict[str, Path]) -> None:
-    from pivotmerge.wandb_logging import start_run
+def log_wandb(cfg, table: Table, paths: dict[str, Path], stores: list[Path] = ()) -> None:
+    from pivotmerge.wandb_logging import log_report_lineage, start_run, sync_hint
 
     run = start_run(cfg, "report", f"report-{cfg.experiment_name}")
     if run is None:
@@ -328,15 +328,17 @@ def log_wandb(cfg, table: Table, paths: dict[str, Path]) -> None:
                 run.summary[f"{model}/{column}"] = cell.mean
     if "png" in paths:
         run.log({"scores": wandb.Image(str(paths["png"]))})
+    log_report_lineage(run, stores, paths.values())
     where = run.url if getattr(run, "url", None) else run.dir
-    offline = str(cfg.logger.wandb.mode) == "offline"
     run.finish()
-    hint = f"  (offline: `wandb sync {Path(cfg.logger.wandb.dir) / 'wandb'}` uploads every run)" if offline else ""
+    hint = f"  (offline: `{sync_hint(cfg)}` uploads every run)" if sync_hint(cfg) else ""
     print(f"  W&B: {where}{hint}", flush=True)
 
 
 def run(ctx) -> None:
     import time
+
+    from eval.html_report import write_html_report
 
     cfg = ctx.cfg
     started = time.perf_counter()
@@ -349,10 +351,11 @@ def run(ctx) -> None:
     report_cfg = cfg.eval.get("report", {}) if cfg.get("eval") is not None else {}
     table = build_table(rows, metric=str(report_cfg.get("table_metric", "primary")))
     paths = write_report(table, output_dir / "report", plot=bool(report_cfg.get("plot", True)))
+    paths["html"] = write_html_report(table, output_dir, stores, ctx.log.rows)
     print("\n" + to_markdown(table), flush=True)
     print("Report from " + ", ".join(str(s) for s in stores) + ":\n" +
           "\n".join(f"  {kind:>3}: {path}" for kind, path in paths.items()), flush=True)
     if cfg.get("logger") is not None and cfg.logger.wandb.get("enabled", False):
-        log_wandb(cfg, table, paths)
+        log_wandb(cfg, table, paths, stores)
     ctx.log.add("report", f"table ({len(table.models)} models x {len(table.benchmarks)} benchmarks)", None,
                 time.perf_counter() - started, str(paths["md"]))
