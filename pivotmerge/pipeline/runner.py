@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pivotmerge.pipeline.data import build_source, run_data_stage
 from pivotmerge.pipeline.features import SourceFeatures, load_source_features, run_features_stage
 from pivotmerge.pipeline.train import load_projector, run_training_stage, seeded_projector
 from pivotmerge.training import CaptionSource
+from pivotmerge.version import code_version
 from pivotmerge.wandb_logging import log_stage_run
 
 TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "warmup_ratio", "accumulate_grad_batches", "precision")
@@ -194,17 +194,6 @@ def stage_experts(ctx: Context, logger_factory) -> None:
             train_cfg=with_steps(cfg.trainer, joint_steps), seed=int(cfg.seed) * 1000,
             logger_factory=logger_factory)
         ctx.log.add("joint", f"joint ({joint_steps} steps)", ctx.joint, time.perf_counter() - started)
-
-
-def code_version(root: Path) -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _quiet_libraries() -> None:
