@@ -5,7 +5,8 @@
   columns  benchmarks (their primary metric), Average (over the accuracy-type columns: every metric except
            MME-style scores), Norm. (each model's in-source score relative to that source's expert: the
            mean over sources s of score(model, pm_mc_s) / score(expert:s, pm_mc_s), in %);
-  cells    mean ± std over seeds (sample std; no ± with one seed); accuracy-type values in %.
+  cells    mean ± std over seeds (sample std; no ± with one seed); accuracy-type values in % (the store keeps
+           fractions, `unit: fraction`; table.csv names each column's unit: `<benchmark>_pct`, `pm_mme_score`).
 The best merged method of each column is bold. A missing cell is "–" (empty in the CSV), never 0; an
 average over a row with a missing cell is missing too.
 
@@ -59,6 +60,18 @@ class Table:
 
 def is_percent(metric: str) -> bool:
     return not metric.startswith(RAW_SCALE_PREFIXES)
+
+
+def metric_unit(metric: str) -> str:
+    """Unit of a metric's value in the results store: 'fraction' (accuracy-type, 0-1) or 'score' (MME-style)."""
+    return "fraction" if is_percent(metric) else "score"
+
+
+def column_unit(table: "Table", column: str) -> str:
+    """Unit of a table column's values, named in table.csv's header: 'pct' (fractions x 100) or 'score'."""
+    if column in table.metrics:
+        return "pct" if is_percent(table.metrics[column]) else "score"
+    return {"Average": "pct", "Norm.": "pct"}.get(column, "")
 
 
 def model_order(models) -> list[str]:
@@ -179,7 +192,9 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(out, lineterminator="\n")
     header = ["model"]
     for column in table.columns:
-        header += [f"{column}", f"{column}_std", f"{column}_n"]
+        unit = column_unit(table, column)
+        name = f"{column}_{unit}" if unit else column     # the unit in the name: pm_mc_digits_pct, pm_mme_score
+        header += [name, f"{name}_std", f"{column}_n"]
     writer.writerow(header)
     for model in table.models:
         row = [model]

@@ -4,7 +4,8 @@ For each model the projector is loaded into the one shared MLLM and `lmms_eval.e
 runs with our adapter instance and a TaskManager on the suite folder. Each model's lmms-eval results JSON
 is cached as the artifact `eval/<key>` (key = projector artifact key + suite key + eval settings), so a
 sweep re-evaluates only new merges. Every evaluation writes, under `<output_dir>/results/`:
-  results.jsonl   one row per (run, model, benchmark, metric, seed): value, stderr, primary flag, ...
+  results.jsonl   one row per (run, model, benchmark, metric, seed): value, unit ('fraction' for accuracy-type
+                  metrics, 0-1; 'score' for MME-style sums), stderr, primary flag, ...
   lmms/<model>.json   lmms-eval's own results JSON
 The report stage (eval/report.py) reads only this store.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from eval.report import metric_unit
 from pivotmerge.errors import ConfigError
 from pivotmerge.pipeline.artifacts import content_key
 
@@ -64,7 +66,7 @@ def results_rows(results: dict, *, model: str, run: str, seed: int, experiment: 
             stderr = metrics.get(f"{metric}_stderr,{filter_name}")
             stderr = float(stderr) if isinstance(stderr, (int, float)) else None
             rows.append({"run": run, "experiment": experiment, "seed": seed, "model": model, "benchmark": task,
-                         "metric": metric, "value": float(value), "stderr": stderr,
+                         "metric": metric, "value": float(value), "unit": metric_unit(metric), "stderr": stderr,
                          "primary": metric == meta.get("primary"), "kind": meta.get("kind"),
                          "sources": meta.get("sources", []), "n": n})
     return rows
