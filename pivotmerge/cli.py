@@ -39,7 +39,8 @@ from pivotmerge.errors import ConfigError, PivotMergeError
 
 PROG = "pivotmerge"
 CONF_MERGE_DIR = Path(__file__).resolve().parents[1] / "conf" / "merge"
-SUBCOMMAND_MODULES: tuple[str, ...] = ("pivotmerge.interop.llava", "pivotmerge.data.clustering")  # register subcommands
+SUBCOMMAND_MODULES: tuple[str, ...] = ("pivotmerge.interop.llava", "pivotmerge.data.clustering",
+                                       "eval.suite")  # register subcommands
 
 
 @dataclass

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from pivotmerge.errors import ConfigError
 from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
-from pivotmerge.pipeline.data import build_source, run_data_stage
+from pivotmerge.pipeline.data import build_source, run_data_stage, selected_sources
 from pivotmerge.pipeline.features import SourceFeatures, load_source_features, run_features_stage
 from pivotmerge.pipeline.train import load_projector, run_training_stage, seeded_projector
 from pivotmerge.training import CaptionSource
@@ -98,17 +98,6 @@ def train_spec(cfg) -> dict:
 
 def model_spec(cfg) -> dict:
     return {"llm": cfg.model.llm, "projector": cfg.model.projector, "system_prompt": cfg.model.get("system_prompt")}
-
-
-def selected_sources(cfg) -> list[str]:
-    names = list(cfg.scenario.sources)
-    unknown = [n for n in names if n not in cfg.data.sources]
-    if unknown:
-        raise ConfigError(f"scenario.sources names {unknown}, which data={cfg.data.name} does not define; "
-                          f"available: {sorted(cfg.data.sources)}")
-    if not names:
-        raise ConfigError("scenario.sources is empty: name at least one data source")
-    return names
 
 
 def caption_source(ctx: Context, name: str, split: str, rows: int | None = None) -> CaptionSource:
