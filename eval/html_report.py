@@ -23,7 +23,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f4f4f4; } tr:nth-child(even) td { background: #fafafa; }
-figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #555; } img { max-width: 100%; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; } figure { margin: 0.5em 0; flex: 1 1 480px; max-width: 900px; }
+figcaption { font-size: 0.85em; color: #555; } img { width: 100%; }
 .note { font-size: 0.85em; color: #555; } pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }
 """
 
@@ -32,6 +33,11 @@ def caption(path: Path) -> str:
     """'retention_plot.png' -> 'Retention plot'."""
     words = path.stem.replace("_", " ").replace("-", " ").strip()
     return words[:1].upper() + words[1:]
+
+
+def figures(paths) -> str:
+    """PNG files side by side (wrapping), each with its caption."""
+    return f'<div class="figs">{"".join(image(p) for p in paths)}</div>' if paths else ""
 
 
 def image(path: Path) -> str:
@@ -105,7 +111,7 @@ def diagnostics_html(merges: dict[str, Path]) -> str:
         diag_file = diag_dir / "diagnostics.json"
         if diag_file.is_file():
             parts.append(layer_table(json.loads(diag_file.read_text())))
-        parts += [image(p) for p in sorted(diag_dir.glob("*.png"))]
+        parts.append(figures(sorted(diag_dir.glob("*.png"))))
     return "".join(parts) or '<p class="note">No merge diagnostics in this run.</p>'
 
 
@@ -125,7 +131,7 @@ def write_html_report(table: Table, output_dir: Path, stores: list[Path], log_ro
     folder = output_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     title = f"pivotmerge report: {output_dir.parent.name} / {output_dir.name}"
-    plots = "".join(image(p) for p in sorted(folder.glob("*.png"))) or '<p class="note">No plots.</p>'
+    plots = figures(sorted(folder.glob("*.png"))) or '<p class="note">No plots.</p>'
     body = (f"<h1>{html.escape(title)}</h1>"
             f"<h2>Results</h2>{table_html(table)}"
             f"<h2>Plots</h2>{plots}"
