@@ -214,7 +214,7 @@ def _cuda_available() -> bool:
 def run(ctx) -> None:
     from eval.lmms_model import PivotMergeLMM
     from pivotmerge.pipeline.artifacts import Artifact
-    from pivotmerge.wandb_logging import enabled, log_stage_run, results_artifact
+    from pivotmerge.wandb_logging import log_eval_run
 
     cfg = ctx.cfg
     models = ctx.models()
@@ -256,7 +256,7 @@ def run(ctx) -> None:
     results_dir = Path(ctx.output_dir) / RESULTS_DIR
     (results_dir / "lmms").mkdir(parents=True, exist_ok=True)
     run_id = Path(ctx.output_dir).name
-    evaluated: dict = {}    # model -> its evaluation's cache entry
+    evaluated, scores = {}, {}    # model -> its evaluation's cache entry, its primary values (for W&B)
     mllm = None
     original = None
     try:
@@ -305,12 +305,12 @@ def run(ctx) -> None:
             rows = results_rows(results, model=model_name, run=run_id, seed=int(cfg.seed),
                                 experiment=str(cfg.experiment_name), task_meta=task_meta)
             append_rows(results_dir, rows)
-            primary = {r["benchmark"]: round(r["value"], 3) for r in rows if r["primary"]}
+            scores[model_name] = {r["benchmark"]: r["value"] for r in rows if r["primary"]}
             evaluated[model_name] = Artifact("eval", key, folder, reused)
-            ctx.log.add("eval", model_name, evaluated[model_name], seconds, json.dumps(primary))
+            ctx.log.add("eval", model_name, evaluated[model_name], seconds,
+                        json.dumps({bench: round(value, 3) for bench, value in scores[model_name].items()}))
     finally:
         if original is not None:
             mllm.projector.load_state_dict(original)
     (results_dir / "suite.json").write_text(json.dumps({"suite": suite_key, "tasks": task_meta}, indent=2))
-    log_stage_run(cfg, store, "eval", f"eval-seed{int(cfg.seed)}", evaluated.values(), link_reused=True,
-                  outputs=[results_artifact(results_dir)] if enabled(cfg) else [])
+    log_eval_run(cfg, store, models, evaluated, scores, results_dir)

@@ -202,11 +202,11 @@ def _warn(what: str, exc: Exception) -> None:
 
 
 def log_stage_run(cfg, store, job_type: str, name: str, entries: Iterable = (), *, link_reused: bool = False,
-                  outputs: Iterable = ()) -> None:
+                  outputs: Iterable = (), summary: dict | None = None) -> None:
     """One W&B run for a stage's work: the cache `entries` it made are logged as outputs (with the entries
     their specs name as inputs); entries it reused from the cache are never logged again, and are declared
-    as inputs when `link_reused` (the stage read them). `outputs`: extra file artifacts. No run when the
-    stage made nothing."""
+    as inputs when `link_reused` (the stage read them). `outputs`: extra file artifacts; `summary`: the run's
+    summary values. No run when the stage made nothing."""
     entries, outputs = list(entries), list(outputs)
     produced = [e for e in entries if not e.reused]
     if not enabled(cfg) or not (produced or outputs):
@@ -217,9 +217,25 @@ def log_stage_run(cfg, store, job_type: str, name: str, entries: Iterable = (), 
         log_produced(run, store, produced)
         for artifact in outputs:
             run.log_artifact(artifact)
+        run.summary.update(summary or {})
         run.finish()
     except Exception as exc:  # noqa: BLE001 - see _warn
         _warn(f"the {job_type} run", exc)
+
+
+def log_eval_run(cfg, store, models: dict, evaluated: dict, scores: dict, results_dir: Path) -> None:
+    """The eval stage's run: its evaluations (made or reused) with the projectors and suite they read, the
+    results store as output, and in the summary each model's primary scores next to the name of its projector
+    artifact (`merge:ties/pm_pope`, `merge:ties/projector`): from a score to the projector in one click."""
+    if not enabled(cfg):
+        return
+    summary = {}
+    for model, values in scores.items():
+        entry = models[model]
+        summary[f"{model}/projector"] = artifact_name(entry.stage, entry.key, entry_label(store, entry))
+        summary.update({f"{model}/{benchmark}": value for benchmark, value in values.items()})
+    log_stage_run(cfg, store, "eval", f"eval-seed{int(cfg.seed)}", evaluated.values(), link_reused=True,
+                  outputs=[results_artifact(results_dir)], summary=summary)
 
 
 def log_training_output(logger, store, entry) -> None:
@@ -254,9 +270,10 @@ def log_report_lineage(run, stores: Iterable[Path], files: Iterable[Path]) -> No
 
 # ---- reading offline runs back --------------------------------------------------------------------------
 def read_run_records(run_folder: Path, wait_s: float = 30.0) -> dict:
-    """{'run': RunRecord, 'outputs': [ArtifactRecord], 'inputs': [ArtifactRecord], 'complete': bool} of one
-    offline run folder, read from its transaction log with wandb's own reader. `run.finish()` returns before
-    wandb's writer process has flushed the log: wait up to `wait_s` for its exit record."""
+    """{'run': RunRecord, 'outputs': [ArtifactRecord], 'inputs': [ArtifactRecord], 'summary': dict,
+    'complete': bool} of one offline run folder, read from its transaction log with wandb's own reader.
+    `run.finish()` returns before wandb's writer process has flushed the log: wait up to `wait_s` for its
+    exit record."""
     import time
 
     from wandb.proto import wandb_internal_pb2 as pb
@@ -264,7 +281,7 @@ def read_run_records(run_folder: Path, wait_s: float = 30.0) -> dict:
 
     deadline = time.monotonic() + wait_s
     while True:
-        found: dict = {"run": None, "outputs": [], "inputs": [], "complete": False}
+        found: dict = {"run": None, "outputs": [], "inputs": [], "summary": {}, "complete": False}
         logs = list(Path(run_folder).glob("*.wandb"))
         if logs and logs[0].stat().st_size > 0:
             store = DataStore()
@@ -277,6 +294,9 @@ def read_run_records(run_folder: Path, wait_s: float = 30.0) -> dict:
                     found["run"] = record.run
                 elif kind == "exit":
                     found["complete"] = True
+                elif kind == "summary":
+                    for item in record.summary.update:
+                        found["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
                 elif kind == "artifact":
                     used = record.artifact.user_created and record.artifact.use_after_commit
                     found["inputs" if used else "outputs"].append(record.artifact)

@@ -13,6 +13,7 @@ from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.pipeline.runner import run
 from pivotmerge.wandb_logging import (
     configure_wandb_env,
+    log_eval_run,
     log_stage_run,
     log_training_output,
     read_run_records,
@@ -85,7 +86,8 @@ def test_stage_runs_log_entries_and_declare_inputs(tmp_path, offline_env, capsys
         log_training_output(SimpleNamespace(experiment=start_run(cfg, entry.stage, f"{entry.stage}-seed0")),
                             store, entry)
     log_stage_run(cfg, store, "merge", "merge-seed0", [merged])
-    log_stage_run(cfg, store, "eval", "eval-seed0", evals, link_reused=True, outputs=[results_artifact(results)])
+    models = {"pivot": pivot, "expert:digits": expert, "merge:ties": merged}
+    log_eval_run(cfg, store, models, dict(zip(models, evals)), {m: {"pm_mc_digits": 0.25} for m in models}, results)
     table = build_table(known_rows())
     log_wandb(cfg, table, write_report(table, results.parent / "report", plot=False), [results])
 
@@ -104,6 +106,8 @@ def test_stage_runs_log_entries_and_declare_inputs(tmp_path, offline_env, capsys
     assert names(runs["eval-seed0"]["inputs"]) == {name[pivot.key], name[expert.key], name[merged.key],
                                                    name[suite.key]}
     assert names(runs["eval-seed0"]["outputs"]) == {f"eval-{e.key}" for e in evals} | {"results-exp-run1"}
+    assert runs["eval-seed0"]["summary"]["merge:ties/projector"] == name[merged.key]   # score -> projector
+    assert runs["eval-seed0"]["summary"]["merge:ties/pm_mc_digits"] == 0.25
     assert names(runs["report-exp"]["inputs"]) == {"results-exp-run1"}
     assert {a.name for a in runs["report-exp"]["outputs"] if a.type != "run_table"} == {"table-exp-run1"}
 
@@ -163,6 +167,7 @@ def test_offline_runs_hold_artifacts_and_lineage(tiny_model_cfg, tmp_path, offli
     eval_inputs = names(runs["eval-seed0"]["inputs"])
     assert {pivot, digits, words} | merged <= eval_inputs
     assert any(name.startswith("eval_suite-") for name in eval_inputs)
+    assert runs["eval-seed0"]["summary"]["merge:ties/projector"] == f"merge-ties-{key['merge', 'ties']}"
     eval_outputs = names(runs["eval-seed0"]["outputs"])
     results = f"results-{tmp_path.name}-out"
     assert results in eval_outputs and sum(n.startswith("eval-") for n in eval_outputs) == 5
