@@ -240,10 +240,12 @@ def log_eval_run(cfg, store, models: dict, evaluated: dict, scores: dict, result
 
 def log_training_output(logger, store, entry) -> None:
     """Finish a training stage's W&B run (Lightning's WandbLogger) with its projector entry as output."""
+    if logger is None:
+        return
     import wandb
 
-    run = getattr(logger, "experiment", None)
-    if not isinstance(run, wandb.Run):   # no logger, or the placeholder of a rank > 0
+    run = logger.experiment
+    if not isinstance(run, wandb.Run):   # the placeholder of a rank > 0
         return
     try:
         log_produced(run, store, [entry])
