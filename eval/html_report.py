@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import time
 from pathlib import Path
 
-from eval.report import MISSING, Table, _fmt, short_name, to_markdown
+from eval.report import MISSING, Table, _fmt, legend, short_name, to_markdown
 
 HTML_FILE = "report.html"
 STYLE = """
@@ -53,13 +54,44 @@ def cell_text(table: Table, model: str, column: str) -> str:
 
 
 def table_html(table: Table) -> str:
+    """Every column of the table, then what table.md adds below its legend (per-source tables, tests)."""
     head = "".join(f"<th>{html.escape(short_name(c))}</th>" for c in table.columns)
     rows = "".join(f"<tr><td>{html.escape(model)}</td>" +
                    "".join(f'<td class="num">{cell_text(table, model, c)}</td>' for c in table.columns) + "</tr>"
                    for model in table.models)
-    legend = to_markdown(table).strip().splitlines()[-1]   # the same legend as table.md (metrics, units)
+    note = legend(table)
+    below = to_markdown(table).split(note, 1)[-1]
     return (f'<table id="results"><thead><tr><th>Model</th>{head}</tr></thead><tbody>{rows}</tbody></table>'
-            f'<p class="note">{html.escape(legend)}</p>')
+            f'<p class="note">{html.escape(note)}</p>{markdown_html(below)}')
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+
+
+def markdown_html(text: str) -> str:
+    """The paragraphs and pipe tables of table.md's text as HTML (bold kept); nothing else is needed."""
+    parts, rows = [], []
+
+    def close_table():
+        if rows:
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f'<td class="num">{_inline(c)}</td>' for c in row) + "</tr>"
+                           for row in rows[1:])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            rows.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):   # skip the |---|---:| rule
+                rows.append(cells)
+            continue
+        close_table()
+        if line.strip():
+            parts.append(f"<p>{_inline(line)}</p>")
+    close_table()
+    return "".join(parts)
 
 
 def _scalar(value) -> bool:

@@ -1,14 +1,10 @@
 """Stage 7 (report): the paper table, plots and W&B, regenerated from the results store alone.
 
-`build_table(rows)` is pure: rows of the results store (see eval/stage.py) -> `Table` with
-  rows     models in order pivot, experts, joint, merges (then anything else);
-  columns  benchmarks (their primary metric), Average (over the accuracy-type columns: every metric except
-           MME-style scores), Norm. (each model's in-source score relative to that source's expert: the
-           mean over sources s of score(model, pm_mc_s) / score(expert:s, pm_mc_s), in %);
-  cells    mean ± std over seeds (sample std; no ± with one seed); accuracy-type values in % (the store keeps
-           fractions, `unit: fraction`; table.csv names each column's unit: `<benchmark>_pct`, `pm_mme_score`).
-The best merged method of each column is bold. A missing cell is "–" (empty in the CSV), never 0; an
-average over a row with a missing cell is missing too.
+The table itself (`build_table`: rows, columns, intervals, retention, paired tests) is eval/table.py; this
+module writes it (Markdown, CSV, LaTeX, a bar chart and a retention plot) and logs it to W&B. The best merged
+method of each column is bold. A missing cell is "–" (empty in the CSV), never 0. Units: the results store
+keeps fractions (`unit: fraction`), the table shows % (accuracy-type), raw scores (MME) or nats (NLL), and
+table.csv names each column's unit (`pm_mc_digits_pct`, `pm_mme_score`, `NLL_nats`).
 
 `python run.py experiment=... report.only=true` rebuilds everything from an existing store
 (`eval.report.from`: latest | all | <path>).
@@ -18,149 +14,41 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.table import Cell, Table, build_table, is_percent, model_order  # noqa: F401 - the report's API
+from eval.table import LOWER_IS_BETTER
 from pivotmerge.errors import ConfigError, DataError
 
 MISSING = "–"
-RAW_SCALE_PREFIXES = ("mme_score", "mme_perception_score", "mme_cognition_score", "score_")
-IN_SOURCE_PREFIX = "pm_mc_"
-
-
-@dataclass
-class Cell:
-    mean: float
-    std: float | None
-    n: int
-
-
-@dataclass
-class Table:
-    models: list[str]
-    benchmarks: list[str]
-    metrics: dict[str, str]                      # benchmark -> metric shown
-    cells: dict[tuple[str, str], Cell]           # (model, benchmark) -> cell; absent = missing
-    average: dict[str, Cell] = field(default_factory=dict)
-    normalized: dict[str, Cell] = field(default_factory=dict)
-    best: dict[str, set[str]] = field(default_factory=dict)   # column -> models in bold
-
-    def cell(self, model: str, column: str) -> Cell | None:
-        if column == "Average":
-            return self.average.get(model)
-        if column == "Norm.":
-            return self.normalized.get(model)
-        return self.cells.get((model, column))
-
-    @property
-    def columns(self) -> list[str]:
-        return self.benchmarks + ["Average"] + (["Norm."] if self.normalized else [])
-
-
-def is_percent(metric: str) -> bool:
-    return not metric.startswith(RAW_SCALE_PREFIXES)
 
 
 def metric_unit(metric: str) -> str:
-    """Unit of a metric's value in the results store: 'fraction' (accuracy-type, 0-1) or 'score' (MME-style)."""
+    """Unit of a metric's value in the results store: 'fraction' (accuracy-type, 0-1), 'nats' (caption NLL)
+    or 'score' (MME-style sums)."""
+    if metric in LOWER_IS_BETTER:
+        return "nats"
     return "fraction" if is_percent(metric) else "score"
 
 
-def column_unit(table: "Table", column: str) -> str:
-    """Unit of a table column's values, named in table.csv's header: 'pct' (fractions x 100) or 'score'."""
+def column_unit(table: Table, column: str) -> str:
+    """Unit of a table column, named in table.csv's header: 'pct' (fractions x 100), 'score' or 'nats'."""
     if column in table.metrics:
-        return "pct" if is_percent(table.metrics[column]) else "score"
-    return {"Average": "pct", "Norm.": "pct"}.get(column, "")
-
-
-def model_order(models) -> list[str]:
-    def rank(name: str) -> int:
-        if name == "pivot":
-            return 0
-        if name.startswith("expert:"):
-            return 1
-        if name == "joint":
-            return 2
-        if name.startswith("merge:"):
-            return 3
-        return 4
-
-    seen = list(dict.fromkeys(models))
-    return sorted(seen, key=lambda name: (rank(name), seen.index(name)))
-
-
-def _stats(values: list[float]) -> Cell:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return Cell(mean, std, len(values))
-
-
-def build_table(rows: list[dict], metric: str = "primary") -> Table:
-    """Rows of the results store -> Table (pure). `metric`: 'primary' or one metric name for every column."""
-    # latest value per (model, benchmark, metric, seed): later rows win (stores are read oldest run first)
-    latest: dict[tuple, float] = {}
-    order_models, order_benchmarks = [], []
-    chosen: dict[str, str] = {}
-    for row in rows:
-        if row.get("value") is None or (isinstance(row["value"], float) and math.isnan(row["value"])):
-            continue
-        bench = row["benchmark"]
-        wanted = row.get("primary", False) if metric == "primary" else row["metric"] == metric
-        if not wanted:
-            continue
-        chosen.setdefault(bench, row["metric"])
-        if row["metric"] != chosen[bench]:
-            continue
-        latest[(row["model"], bench, row["metric"], row.get("seed", 0))] = float(row["value"])
-        order_models.append(row["model"])
-        if bench not in order_benchmarks:
-            order_benchmarks.append(bench)
-    models = model_order(order_models)
-    benchmarks = sorted(order_benchmarks, key=lambda b: (not b.startswith(IN_SOURCE_PREFIX), order_benchmarks.index(b)))
-    per_seed: dict[tuple[str, str], dict] = {}
-    for (model, bench, _, seed), value in latest.items():
-        scale = 100.0 if is_percent(chosen[bench]) else 1.0
-        per_seed.setdefault((model, bench), {})[seed] = value * scale
-    cells = {key: _stats(list(values.values())) for key, values in per_seed.items()}
-    table = Table(models, benchmarks, chosen, cells)
-
-    percent_columns = [b for b in benchmarks if is_percent(chosen[b])]
-    for model in models:
-        if percent_columns and all((model, b) in per_seed for b in percent_columns):
-            seeds = set.intersection(*(set(per_seed[(model, b)]) for b in percent_columns))
-            if seeds:
-                table.average[model] = _stats([sum(per_seed[(model, b)][s] for b in percent_columns)
-                                               / len(percent_columns) for s in sorted(seeds)])
-    # normalized score: in-source benchmark pm_mc_<s> relative to expert:<s>
-    in_source = {b[len(IN_SOURCE_PREFIX):]: b for b in benchmarks if b.startswith(IN_SOURCE_PREFIX)}
-    reference = {s: cells[(f"expert:{s}", b)].mean for s, b in in_source.items()
-                 if (f"expert:{s}", b) in cells and cells[(f"expert:{s}", b)].mean > 0}
-    if reference:
-        for model in models:
-            if not all((model, in_source[s]) in cells for s in reference):
-                continue
-            seeds = set.intersection(*(set(per_seed[(model, in_source[s])]) for s in reference))
-            values = [100.0 * sum(per_seed[(model, in_source[s])][seed] / reference[s] for s in reference)
-                      / len(reference) for seed in sorted(seeds)]
-            if values:
-                table.normalized[model] = _stats(values)
-    merged = [m for m in models if m.startswith("merge:")]
-    for column in table.columns:
-        scored = [(table.cell(m, column).mean, m) for m in merged if table.cell(m, column) is not None]
-        if scored:
-            top = max(v for v, _ in scored)
-            table.best[column] = {m for v, m in scored if abs(v - top) < 1e-9}
-    return table
+        unit = metric_unit(table.metrics[column])
+        return "pct" if unit == "fraction" else unit
+    return {"Average": "pct", "Norm.": "pct", "Retention": "pct", "NLL": "nats"}.get(column, "")
 
 
 # ---- writers -------------------------------------------------------------------------------------------
-def _fmt(cell: Cell | None, plus_minus: str = " ± ") -> str:
+def _fmt(cell: Cell | None, plus_minus: str = " ±") -> str:
+    """mean ± half-width of the 95 % interval; without per-item values, (sd x) over seeds."""
     if cell is None:
         return MISSING
     text = f"{cell.mean:.1f}"
-    if cell.std is not None:
-        text += f"{plus_minus}{cell.std:.1f}"
+    if cell.half_width is not None:
+        text += f"{plus_minus}{cell.half_width:.1f}"
+    elif cell.std is not None:
+        text += f" (sd {cell.std:.1f})"
     return text
 
 
@@ -168,9 +56,32 @@ def short_name(benchmark: str) -> str:
     return benchmark[3:] if benchmark.startswith("pm_") else benchmark
 
 
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def legend(table: Table) -> str:
+    metrics = ", ".join(f"{short_name(b)}: {m}" for b, m in table.metrics.items() if b in table.benchmarks)
+    seeds = f"{len(table.seeds)} seeds" if len(table.seeds) > 1 else "one seed"
+    parts = [f"Metrics: {metrics}. Accuracy-type values in % ({seeds}); ±: half-width of the 95 % bootstrap "
+             "interval over items" + (" and seeds" if len(table.seeds) > 1 else "") + "; (sd x): std over seeds "
+             "where there are no per-item values"]
+    if table.average:
+        parts.append("Average: over the %-columns")
+    if table.normalized:
+        parts.append("Norm.: in-source accuracy relative to the source's expert (%)")
+    if table.retention:
+        parts.append("Retention: mean over sources of (model - pivot) / (expert - pivot) on the in-source "
+                     "benchmark (%; 100 keeps every expert's gain, 0 none)")
+    if table.summaries.get("NLL"):
+        parts.append("NLL: held-out caption NLL, nats per caption, mean over sources (lower is better)")
+    parts.append(f"best merge in bold; {MISSING} = missing")
+    return "; ".join(parts) + "."
+
+
 def to_markdown(table: Table) -> str:
-    header = ["Model"] + [short_name(c) for c in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    rows = []
     for model in table.models:
         cells = []
         for column in table.columns:
@@ -178,13 +89,33 @@ def to_markdown(table: Table) -> str:
             if model in table.best.get(column, set()):
                 text = f"**{text}**"
             cells.append(text)
-        lines.append("| " + " | ".join([model] + cells) + " |")
-    metrics = ", ".join(f"{short_name(b)}: {m}" for b, m in table.metrics.items())
-    lines.append("")
-    lines.append(f"Metrics: {metrics}. Accuracy-type values in %, mean ± std over seeds; Average over the "
-                 f"%-columns; Norm.: in-source MC accuracy relative to the source's expert (%); best merge in bold; "
-                 f"{MISSING} = missing.")
+        rows.append([model] + cells)
+    lines = _md_table(["Model"] + [short_name(c) for c in table.columns], rows)
+    lines += ["", legend(table)]
+    if table.retention_by_source:
+        sources = [s for s in table.in_source if any((m, s) in table.retention_by_source for m in table.models)]
+        lines += ["", "Gain retention per source (%, 95 % interval):", ""]
+        lines += _md_table(["Model"] + sources, [[m] + [_fmt(table.retention_by_source.get((m, s))) for s in sources]
+                                                 for m in table.models if m != "pivot"])
+    if table.undefined_retention:
+        lines += ["", f"No retention for {', '.join(table.undefined_retention)}: its expert does not beat the pivot."]
+    if table.nll_benchmarks:
+        sources = list(table.nll_benchmarks)
+        lines += ["", "Held-out caption NLL per source (nats per caption, lower is better):", ""]
+        lines += _md_table(["Model"] + sources, [[m] + [_fmt(table.cells.get((m, table.nll_benchmarks[s])))
+                                                        for s in sources] for m in table.models])
+    if table.comparisons:
+        lines += ["", f"Paired comparison of {table.reference} with every other row on the same in-source items "
+                  "(difference in points, its paired-bootstrap 95 % interval, exact McNemar p-value):", ""]
+        lines += _md_table(["vs", "difference", "95 % interval", "p", "items", "verdict"],
+                           [[c.model, f"{c.difference:+.1f}", f"[{c.lo:+.1f}, {c.hi:+.1f}]", _p(c.p_value),
+                             str(c.n_items), c.verdict.replace("reference", table.reference)]
+                            for c in table.comparisons])
     return "\n".join(lines) + "\n"
+
+
+def _p(value: float) -> str:
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def to_csv(table: Table) -> str:
@@ -194,16 +125,18 @@ def to_csv(table: Table) -> str:
     for column in table.columns:
         unit = column_unit(table, column)
         name = f"{column}_{unit}" if unit else column     # the unit in the name: pm_mc_digits_pct, pm_mme_score
-        header += [name, f"{name}_std", f"{column}_n"]
+        header += [name, f"{name}_std", f"{name}_ci_lo", f"{name}_ci_hi", f"{column}_n"]
     writer.writerow(header)
     for model in table.models:
         row = [model]
         for column in table.columns:
             cell = table.cell(model, column)
             if cell is None:
-                row += ["", "", ""]   # missing: empty (NaN for pandas), never 0
+                row += ["", "", "", "", ""]   # missing: empty (NaN for pandas), never 0
             else:
-                row += [f"{cell.mean:.4f}", "" if cell.std is None else f"{cell.std:.4f}", str(cell.n)]
+                row += [f"{cell.mean:.4f}", "" if cell.std is None else f"{cell.std:.4f}",
+                        "" if cell.half_width is None else f"{cell.lo:.4f}",
+                        "" if cell.half_width is None else f"{cell.hi:.4f}", str(cell.n)]
         writer.writerow(row)
     return out.getvalue()
 
@@ -254,18 +187,54 @@ def plot_bars(table: Table, path: Path) -> Path:
                 continue   # a gap, not a zero bar
             xs.append(j + (i - (n_models - 1) / 2) * width)
             ys.append(cell.mean)
-            errs.append(cell.std or 0.0)
+            errs.append((cell.mean - cell.lo, cell.hi - cell.mean) if cell.half_width is not None
+                        else (cell.std or 0.0, cell.std or 0.0))
         # the references (pivot, experts) are muted so the merged rows stand out
         style = ({"color": "0.55"} if model == "pivot" else
                  {"color": palette(i % palette.N), "alpha": 0.45} if model.startswith("expert:") else
                  {"color": palette(i % palette.N)})
-        ax.bar(xs, ys, width=width, yerr=errs if any(errs) else None, label=model, capsize=2, **style)
+        yerr = [[e[0] for e in errs], [e[1] for e in errs]] if any(any(e) for e in errs) else None
+        ax.bar(xs, ys, width=width, yerr=yerr, label=model, capsize=2, **style)
     ax.set_xticks(range(len(columns)))
     ax.set_xticklabels([short_name(c) for c in columns], rotation=30, ha="right")
     ax.set_ylabel("score (%)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_retention(table: Table, path: Path) -> Path | None:
+    """Gain retention per model (bar, 95 % interval) with each source's retention as a dot."""
+    models = [m for m in table.models if m != "pivot" and table.retention.get(m) is not None]
+    if not models:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(models) + 1.4))
+    for y, model in enumerate(models):
+        cell = table.retention[model]
+        color = "0.6" if not model.startswith("merge:") else ("tab:red" if model == table.reference else "tab:blue")
+        xerr = [[cell.mean - cell.lo], [cell.hi - cell.mean]] if cell.half_width is not None else None
+        ax.barh(y, cell.mean, xerr=xerr, color=color, alpha=0.8, capsize=3)
+        for source in table.in_source:
+            dot = table.retention_by_source.get((model, source))
+            if dot is not None:
+                ax.plot(dot.mean, y, "o", ms=3, color="black", alpha=0.6)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(100, color="black", lw=0.8, ls="--")
+    ax.set_yticks(range(len(models)))
+    ax.set_yticklabels(models, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gain retention (%): 0 = pivot, 100 = each expert on its own source; dots: sources")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -282,6 +251,9 @@ def write_report(table: Table, folder: Path, plot: bool = True) -> dict[str, Pat
     paths["tex"].write_text(to_latex(table))
     if plot and table.models and table.benchmarks:
         paths["png"] = plot_bars(table, folder / "scores.png")
+        retention = plot_retention(table, folder / "retention.png")
+        if retention is not None:
+            paths["retention_png"] = retention
     return paths
 
 

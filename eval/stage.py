@@ -25,6 +25,7 @@ from pivotmerge.pipeline.artifacts import content_key
 RESULTS_DIR = "results"
 ROWS_FILE = "results.jsonl"
 RESULTS_FILE = "results.json"
+ITEMS_FILE = "items.json"     # per-item values of each task's primary metric (confidence intervals, paired tests)
 
 
 def eval_settings(cfg) -> dict:
@@ -51,8 +52,33 @@ def _json_default(obj):
     return str(obj)
 
 
-def results_rows(results: dict, *, model: str, run: str, seed: int, experiment: str, task_meta: dict) -> list[dict]:
-    """One row per (benchmark, metric) of an lmms-eval results dict."""
+def item_values(samples: dict, task_meta: dict) -> dict[str, list[float]]:
+    """task -> the primary metric's value of every item, in doc order, from lmms-eval's logged samples.
+
+    Only metrics that are a per-item mean have item values: a scalar per item (acc, nll, exact_match), or a
+    (predicted yes, gold yes) pair (POPE accuracy -> 1 if they agree). Aggregates over items (MME score,
+    F1) have none: their columns get no item-level interval."""
+    out = {}
+    for task, rows in (samples or {}).items():
+        metric = task_meta.get(task, {}).get("primary")
+        values = []
+        for sample in sorted(rows, key=lambda r: r["doc_id"]):
+            value = sample.get(metric)
+            if isinstance(value, (list, tuple)) and len(value) == 2 and metric == "accuracy":
+                value = float(value[0] == value[1])
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                values = None
+                break
+            values.append(round(float(value), 6))
+        if values:
+            out[task] = values
+    return out
+
+
+def results_rows(results: dict, *, model: str, run: str, seed: int, experiment: str, task_meta: dict,
+                 items: dict | None = None) -> list[dict]:
+    """One row per (benchmark, metric) of an lmms-eval results dict; the primary metric's row carries the
+    per-item values (`items`) when there are any."""
     rows = []
     for task, metrics in results.get("results", {}).items():
         meta = task_meta.get(task, {})
@@ -65,10 +91,13 @@ def results_rows(results: dict, *, model: str, run: str, seed: int, experiment: 
                 continue
             stderr = metrics.get(f"{metric}_stderr,{filter_name}")
             stderr = float(stderr) if isinstance(stderr, (int, float)) else None
-            rows.append({"run": run, "experiment": experiment, "seed": seed, "model": model, "benchmark": task,
-                         "metric": metric, "value": float(value), "unit": metric_unit(metric), "stderr": stderr,
-                         "primary": metric == meta.get("primary"), "kind": meta.get("kind"),
-                         "sources": meta.get("sources", []), "n": n})
+            row = {"run": run, "experiment": experiment, "seed": seed, "model": model, "benchmark": task,
+                   "metric": metric, "value": float(value), "unit": metric_unit(metric), "stderr": stderr,
+                   "primary": metric == meta.get("primary"), "kind": meta.get("kind"),
+                   "sources": meta.get("sources", []), "n": n}
+            if row["primary"] and items and task in items:
+                row["items"] = items[task]
+            rows.append(row)
     return rows
 
 
@@ -132,7 +161,7 @@ def prefill_features(adapter, sources) -> int:
 _WORKER: dict = {}
 
 
-def _worker_start(model_cfg, models_dir, seed, threads, adapter_args, sources, manager_args, with_vision):
+def _worker_start(model_cfg, models_dir, seed, threads, adapter_args, sources, manager_args, with_vision, task_meta):
     import torch
 
     from eval.lmms_model import PivotMergeLMM
@@ -144,7 +173,7 @@ def _worker_start(model_cfg, models_dir, seed, threads, adapter_args, sources, m
     mllm = build_mllm(OmegaConf.create(model_cfg), models_dir, seed=seed, with_vision=with_vision)
     adapter = PivotMergeLMM(mllm=mllm, progress=False, **adapter_args)
     prefill_features(adapter, sources)
-    _WORKER.update(adapter=adapter, manager=task_manager(manager_args))
+    _WORKER.update(adapter=adapter, manager=task_manager(manager_args), task_meta=task_meta)
 
 
 def _worker_evaluate(job):
@@ -156,12 +185,12 @@ def _worker_evaluate(job):
         adapter.load_projector(state, name=name)
     except ConfigError as exc:
         return name, key, None, time.perf_counter() - started, str(exc)
-    results = evaluate_model(adapter, tasks, _WORKER["manager"], settings, batch_size)
+    results = evaluate_model(adapter, tasks, _WORKER["manager"], settings, batch_size, _WORKER["task_meta"])
     return name, key, results, time.perf_counter() - started, None
 
 
 def evaluate_in_workers(ctx, jobs: list, workers: int, adapter_args: dict, manager_args: dict,
-                        with_vision: bool) -> dict:
+                        with_vision: bool, task_meta: dict) -> dict:
     """Evaluate `jobs` ((name, key, projector state, tasks, settings, batch size)) in `workers` spawned
     processes sharing the CPU threads; returns {key: (results or None, seconds, skip reason)}."""
     import multiprocessing
@@ -173,7 +202,7 @@ def evaluate_in_workers(ctx, jobs: list, workers: int, adapter_args: dict, manag
     models_dir = OmegaConf.select(ctx.cfg, "paths.models_dir") or os.environ.get("PIVOTMERGE_MODELS", ".cache/models")
     model_cfg = OmegaConf.to_container(ctx.cfg.model, resolve=True)
     args = (model_cfg, models_dir, int(ctx.cfg.seed), threads, adapter_args, prefill_sources(ctx), manager_args,
-            with_vision)
+            with_vision, task_meta)
     print(f"[    eval] {len(jobs)} projectors in {workers} worker processes x {threads} thread(s)", flush=True)
     done: dict = {}
     # Worker progress bars would interleave on one terminal: the main process reports each finished model.
@@ -194,15 +223,18 @@ def evaluate_in_workers(ctx, jobs: list, workers: int, adapter_args: dict, manag
     return done
 
 
-def evaluate_model(adapter, tasks, manager, settings: dict, batch_size: int) -> dict:
+def evaluate_model(adapter, tasks, manager, settings: dict, batch_size: int, task_meta: dict) -> tuple[dict, dict]:
+    """(lmms-eval's aggregated results, per-item values of each task's primary metric)."""
     from lmms_eval.evaluator import simple_evaluate
 
     results = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager, batch_size=batch_size,
                               limit=settings["limit"], bootstrap_iters=settings["bootstrap_iters"],
-                              log_samples=False, verbosity="WARNING")
+                              log_samples=True, verbosity="WARNING")
     if results is None:
         raise RuntimeError("lmms-eval returned no results (non-zero rank?)")
-    return json.loads(json.dumps({k: v for k, v in results.items() if k != "samples"}, default=_json_default))
+    items = item_values(results.get("samples"), task_meta)
+    aggregated = json.loads(json.dumps({k: v for k, v in results.items() if k != "samples"}, default=_json_default))
+    return aggregated, items
 
 
 def _cuda_available() -> bool:
@@ -251,7 +283,7 @@ def run(ctx) -> None:
     if workers > 1 and len(pending) > 1:
         jobs = [(name, keys[name], ctx.projector(models[name]), tasks, settings, batch_size) for name in pending]
         in_workers = evaluate_in_workers(ctx, jobs, min(workers, len(pending)), adapter_args, manager_args,
-                                         with_vision)
+                                         with_vision, task_meta)
     adapter = manager = None
     results_dir = Path(ctx.output_dir) / RESULTS_DIR
     (results_dir / "lmms").mkdir(parents=True, exist_ok=True)
@@ -285,7 +317,7 @@ def run(ctx) -> None:
                     skipped = str(exc)
                 if not skipped:
                     print(f"[    eval] ({position}/{len(models)}) {model_name}: {len(tasks)} tasks", flush=True)
-                    results = evaluate_model(adapter, tasks, manager, settings, batch_size)
+                    results = evaluate_model(adapter, tasks, manager, settings, batch_size, task_meta)
                 seconds = time.perf_counter() - model_started
             if skipped:
                 print(f"[    eval] {model_name}: SKIPPED, projector does not fit the model ({skipped}); "
@@ -293,17 +325,21 @@ def run(ctx) -> None:
                 ctx.log.add("eval", model_name, None, seconds, f"skipped: {skipped}")
                 continue
             if not reused:
-                staging = store.begin("eval", key)
-                (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=_json_default))
-                store.commit("eval", key, spec)
+                aggregated, items = results
+                with store.claim("eval", key) as staging:
+                    if staging is not None:   # else another process committed the same evaluation meanwhile
+                        (staging / RESULTS_FILE).write_text(json.dumps(aggregated, indent=2, default=_json_default))
+                        (staging / ITEMS_FILE).write_text(json.dumps(items))
+                        store.commit("eval", key, spec)
             else:
                 seconds = time.perf_counter() - model_started
             folder = store.verify("eval", key)
             results = json.loads((folder / RESULTS_FILE).read_text())
+            items = json.loads((folder / ITEMS_FILE).read_text())
             safe = model_name.replace(":", "_").replace("/", "_")
             shutil.copy2(folder / RESULTS_FILE, results_dir / "lmms" / f"{safe}.json")
             rows = results_rows(results, model=model_name, run=run_id, seed=int(cfg.seed),
-                                experiment=str(cfg.experiment_name), task_meta=task_meta)
+                                experiment=str(cfg.experiment_name), task_meta=task_meta, items=items)
             append_rows(results_dir, rows)
             scores[model_name] = {r["benchmark"]: r["value"] for r in rows if r["primary"]}
             evaluated[model_name] = Artifact("eval", key, folder, reused)

@@ -9,6 +9,10 @@ the task files. The folder is self-contained: `pm_*.yaml` + `pm_*.parquet` + the
 prints the folder; `pivotmerge suite --print-path [run.py overrides]` builds or reuses it without a run.
 
 Benchmarks (names unique, prefixed `pm_`):
+  pm_cls_<source>  k-way classification over ALL labels of the source: every label's caption (template 0) is a
+                   choice, scored by loglikelihood; what an expert learned about its source, and what a merge
+                   kept of it (chance = 1/k).
+  pm_nll_<source>  held-out caption NLL: -log p(true caption | image) in nats per caption (lower is better).
   pm_mc_<source>   4-way multiple choice (MMBench/SEED style): the caption (template 0) of the true label
                    and of 3 distractor labels of the same source, scored by loglikelihood.
   pm_pope          yes/no object existence across all sources, balanced answers: "Is there <caption> in
@@ -38,10 +42,11 @@ SUITE_VERSION = 1
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 SUITE_FILE = "suite.json"
 # The metric each benchmark kind shows in the paper table.
-PRIMARY_METRIC = {"mc": "acc", "cross": "acc", "pope": "accuracy", "mme": "mme_score", "open": "exact_match"}
+PRIMARY_METRIC = {"cls": "acc", "nll": "nll", "mc": "acc", "cross": "acc", "pope": "accuracy", "mme": "mme_score", "open": "exact_match"}
 DEFAULTS = {
     "seed": 0,
     "items_per_task": 240,         # items per benchmark where the test split allows
+    "nll_items_per_task": 64,      # pm_nll_*: a mean NLL is steady with fewer items
     "options": 4,                  # multiple-choice options
     "mme_images_per_category": 60, # MME: 2 questions per image -> 120 questions per category
     "instruction": "Describe the image briefly.",
@@ -50,7 +55,7 @@ DEFAULTS = {
     "open_questions": {"digits": "Which digit is this? Answer with one word.",
                        "words": "What word is written in the image? Answer with one word."},
     "cross_pairs": None,           # null: consecutive pairs of the sources ([s0, s1], [s2, s3], ...)
-    "kinds": ["mc", "pope", "mme", "open", "cross"],
+    "kinds": ["cls", "nll", "mc", "pope", "mme", "open", "cross"],
 }
 
 
@@ -118,6 +123,27 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def planned_task_names(options: dict, sources: list[str]) -> list[str]:
+    """The task names `build_documents` makes for these sources (no data needed: the preflight's check)."""
+    kinds = list(options["kinds"])
+    names = []
+    if "cls" in kinds:
+        names += [f"pm_cls_{s}" for s in sources]
+    if "nll" in kinds:
+        names += [f"pm_nll_{s}" for s in sources]
+    if "mc" in kinds:
+        names += [f"pm_mc_{s}" for s in sources]
+    if "pope" in kinds:
+        names.append("pm_pope")
+    if "mme" in kinds:
+        names.append("pm_mme")
+    if "open" in kinds:
+        names += [f"pm_open_{s}" for s in (options["open_questions"] or {}) if s in sources]
+    if "cross" in kinds and len(sources) >= 2:
+        names.append("pm_cross_mc")
+    return names
+
+
 # ---- document construction (pure: sources + options -> rows per task) -------------------------------
 def _row(source: SuiteSource, index: int, question: str, choices: list[str], answer: int, *, answer_text: str = "",
          category: str = "") -> dict:
@@ -141,6 +167,23 @@ def build_documents(sources: list[SuiteSource], options: dict) -> dict[str, tupl
 
     def rng_for(task: str) -> random.Random:
         return random.Random(f"{seed}:{task}")
+
+    if "cls" in kinds:
+        for source in sources:
+            vocab = source.vocabulary
+            if len(vocab) < 2:
+                raise DataError(f"source {source.name!r} has fewer than 2 labels: no classification possible")
+            captions = [source.caption(label) for label in vocab]
+            rows = [_row(source, index, options["instruction"], captions, vocab.index(source.labels[index]))
+                    for index in range(min(items, len(source.images)))]
+            tasks[f"pm_cls_{source.name}"] = ("cls", rows)
+
+    if "nll" in kinds:
+        for source in sources:
+            n = min(int(options["nll_items_per_task"]), len(source.images))
+            rows = [_row(source, i, options["instruction"], [], 0, answer_text=source.caption(source.labels[i]))
+                    for i in range(n)]
+            tasks[f"pm_nll_{source.name}"] = ("nll", rows)
 
     if "mc" in kinds:
         for source in sources:
@@ -236,7 +279,7 @@ def build_documents(sources: list[SuiteSource], options: dict) -> dict[str, tupl
 
 # ---- writing ----------------------------------------------------------------------------------------
 def _task_yaml(name: str, kind: str, categories: list[str]) -> str:
-    template = {"mc": "_template_mc", "cross": "_template_mc", "pope": "_template_pope", "mme": "_template_mme",
+    template = {"cls": "_template_mc", "nll": "_template_nll", "mc": "_template_mc", "cross": "_template_mc", "pope": "_template_pope", "mme": "_template_mme",
                 "open": "_template_open"}[kind]
     lines = [f"include: {template}", f"task: {name}", "dataset_kwargs:", "  data_files:",
              f"    test: {name}.parquet"]
@@ -312,10 +355,10 @@ def build_or_reuse_suite(ctx) -> Suite:
             "code": code_fingerprint()}
     key = content_key("eval_suite", spec)
     store = ctx.store
-    if not store.exists("eval_suite", key):
-        staging = store.begin("eval_suite", key)
-        write_suite(suite_sources(ctx), options, staging)
-        store.commit("eval_suite", key, spec)
+    with store.claim("eval_suite", key) as staging:
+        if staging is not None:
+            write_suite(suite_sources(ctx), options, staging)
+            store.commit("eval_suite", key, spec)
     folder = store.verify("eval_suite", key)
     return load_suite(folder, key)
 

@@ -97,7 +97,7 @@ def _safe(text: str) -> str:
 
 def entry_inputs(store, spec) -> list:
     """The cache entries a spec names: every content key in it that is an entry of some stage."""
-    from pivotmerge.pipeline.artifacts import Artifact
+    from pivotmerge.pipeline.artifacts import MANIFEST, Artifact
 
     found, seen = [], set()
 
@@ -109,8 +109,8 @@ def entry_inputs(store, spec) -> list:
             for item in value:
                 walk(item)
         elif isinstance(value, str) and _KEY.fullmatch(value) and value not in seen:
-            for stage in ARTIFACT_TYPES:
-                if store.exists(stage, value):
+            for stage in ARTIFACT_TYPES:   # a committed entry (loaders verify contents; lineage only names it)
+                if (store.folder(stage, value) / MANIFEST).is_file():
                     seen.add(value)
                     found.append(Artifact(stage, value, store.folder(stage, value), reused=True))
                     break

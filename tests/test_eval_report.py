@@ -65,7 +65,7 @@ def test_table_semantics():
     assert norm.mean == pytest.approx(sum(expected) / 2)
     assert table.best["pm_mc_digits"] == {"merge:pivotmerge"}
     md = to_markdown(table)
-    assert MISSING in md and "**71.0 ± 1.4**" in md
+    assert MISSING in md and "**71.0 (sd 1.4)**" in md
     average_row = next(line for line in md.splitlines() if line.startswith("| merge:average |"))
     assert average_row.split(" | ")[3] == MISSING and "| 0.0" not in average_row
 

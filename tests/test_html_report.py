@@ -108,6 +108,7 @@ def test_report_html_is_self_contained_and_complete(run_folder):
     layers = next(t for t in page.tables if t[0][0] == "layer")
     assert "sign_conflict_rate" in layers[0] and "layer_weight" in layers[0] and len(layers) == 2
     text = "".join(page.text)
+    assert "Gain retention per source" in text   # what table.md adds below its legend comes along
     assert "f4b8f87" in text and "density: 0.2  # <b>" in text   # code version; config shown verbatim
 
 

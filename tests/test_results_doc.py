@@ -24,11 +24,11 @@ def test_doc_and_readme_come_from_the_newest_store(tmp_path):
           "--readme", str(readme)])
     doc = (tmp_path / "docs" / "results.md").read_text()
     assert "## paper_table" in doc and "2026-01-02_00-00-00" in doc
-    assert "| merge:pivotmerge | **71.0 ± 1.4** |" in doc   # seeds 0/1 of the newest store, not zeros
+    assert "| merge:pivotmerge | **71.0 (sd 1.4)** |" in doc   # seeds 0/1 of the newest store, not zeros
     assert "merge:pivotmerge ranks 1 of 1" in doc and "| model | x |" in doc
     assert (tmp_path / "docs" / "figures" / "paper_table.png").stat().st_size > 0
     text = readme.read_text()
-    assert "stale" not in text and text.endswith("\n\ntail\n") and "**71.0 ± 1.4**" in text
+    assert "stale" not in text and text.endswith("\n\ntail\n") and "**71.0 (sd 1.4)**" in text
 
 
 def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():

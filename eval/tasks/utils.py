@@ -74,6 +74,12 @@ def process_mc(doc, results):
     return {"acc": correct}
 
 
+# ---- held-out caption likelihood ----------------------------------------------------------------------
+def process_nll(doc, results):
+    """The caption's loss (nats, summed over its tokens) as the adapter returns it: -log p(caption | image)."""
+    return {"nll": _loss(results)}
+
+
 # ---- yes/no: POPE style ---------------------------------------------------------------------------
 def _yes_no(doc, results) -> tuple[int, int]:
     """(predicted yes?, gold yes?) as 0/1."""

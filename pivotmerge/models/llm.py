@@ -31,11 +31,35 @@ def smollm2_gguf_path() -> Path:
 
 
 def convert_smollm2(cache_dir: str | os.PathLike) -> Path:
-    """Dequantise the wheel's GGUF once into `cache_dir/smollm2-135m-instruct` (atomic; reused after)."""
+    """Dequantise the wheel's GGUF once into `cache_dir/smollm2-135m-instruct` (atomic, locked against a
+    parallel conversion, checked against its manifest on every use; a damaged copy is moved aside and
+    converted again)."""
+    from pivotmerge.pipeline.artifacts import folder_problem, key_lock, quarantine
+
     target = Path(cache_dir) / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+
+    def intact() -> bool:
+        if not target.exists():
+            return False
+        problem = folder_problem(target)
+        if problem is None:
+            return True
+        quarantine(target, problem)
+        return False
+
+    if intact():
         return target
+    with key_lock(target.with_name(target.name + ".lock"), "the SmolLM2 conversion"):
+        if intact():
+            return target
+        _convert_smollm2_into(target)
+    return target
+
+
+def _convert_smollm2_into(target: Path) -> None:
     from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from pivotmerge.pipeline.artifacts import write_manifest
 
     gguf = smollm2_gguf_path()
     quantised = LlamaForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -51,10 +75,10 @@ def convert_smollm2(cache_dir: str | os.PathLike) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
     clean.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    write_manifest(staging, {"source": str(gguf)})
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
-    return target
 
 
 def load_language_model(cfg, cache_dir: str | os.PathLike):

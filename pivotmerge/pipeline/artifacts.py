@@ -3,8 +3,15 @@
 Each stage output lives in `<cache>/<stage>/<key>/`, where `key` hashes the resolved sub-config that
 determines it plus the stage's code version. It is written into `<key>.partial/` and renamed into place
 only once complete, with a manifest of file sizes and SHA-256 digests. A killed run leaves only a
-`.partial` folder (training stages resume from the Lightning checkpoint inside it); a truncated or
-corrupted entry is detected on load and reported with the folder to delete.
+`.partial` folder (training stages resume from the Lightning checkpoint inside it).
+
+Safe under faults and parallel runs:
+* `claim(stage, key)` holds a file lock per key while an entry is built: two processes (a joblib sweep, a
+  SLURM array, two terminals) never build into the same folder - the second waits, then reuses.
+* every entry is checked against its manifest before it is reused; a truncated, corrupt or manifest-less
+  entry is moved aside (`<key>.corrupt-<time>`) with one warning line and rebuilt.
+* keys include the versions of the libraries a stage's output depends on (`STAGE_LIBRARIES`), so an
+  upgrade never silently serves results computed by another version.
 """
 from __future__ import annotations
 
@@ -12,18 +19,42 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pivotmerge.errors import CacheError
 
 # Bump a stage's version when its code changes what it writes: old entries then stop matching.
-STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 1, "eval_suite": 1}
+STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2, "eval_suite": 2}
 MANIFEST = "manifest.json"
+# Distributions whose version shapes each stage's output (part of its key).
+STAGE_LIBRARIES = {
+    "data": ("datasets", "pillow", "numpy", "scikit-learn", "matplotlib"),
+    "features": ("torch", "pillow", "numpy", "efficientnet-lite-pytorch", "transformers"),
+    "pivot": ("torch", "transformers", "lightning"),
+    "expert": ("torch", "transformers", "lightning"),
+    "joint": ("torch", "transformers", "lightning"),
+    "merge": ("torch",),
+    "select": ("torch", "transformers"),
+    "eval": ("torch", "transformers", "lmms-eval", "datasets"),
+    "eval_suite": ("datasets", "pyarrow", "lmms-eval"),
+}
+
+
+@lru_cache(maxsize=None)
+def library_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def to_plain(value: Any) -> Any:
@@ -33,8 +64,9 @@ def to_plain(value: Any) -> Any:
 
 
 def content_key(stage: str, spec: dict) -> str:
-    payload = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], "spec": to_plain(spec)},
-                         sort_keys=True, default=str)
+    libraries = {name: library_version(name) for name in STAGE_LIBRARIES[stage]}
+    payload = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], "libraries": libraries,
+                          "spec": to_plain(spec)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -54,9 +86,71 @@ class Artifact:
     reused: bool
 
 
+def write_manifest(folder: Path, extra: dict | None = None, keep: tuple[str, ...] | None = None) -> dict:
+    """Record size and SHA-256 of every file under `folder` (files outside `keep` are deleted first)."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if not path.is_file() or rel == MANIFEST:
+            continue
+        if keep is not None and not any(rel == k or rel.startswith(k.rstrip("/") + "/") for k in keep):
+            path.unlink()
+            continue
+        files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {**(extra or {}), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def folder_problem(folder: Path, deep: bool = True) -> str | None:
+    """Why `folder` does not match its manifest (None when it does)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"it has no readable manifest ({type(exc).__name__})"
+    for rel, meta in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != meta["bytes"]:
+            return f"{rel} is truncated ({path.stat().st_size} of {meta['bytes']} bytes)"
+        if deep and _sha256(path) != meta["sha256"]:
+            return f"{rel} is corrupt (checksum mismatch)"
+    return None
+
+
+def quarantine(folder: Path, reason: str) -> Path:
+    """Move a bad cache folder aside (kept for inspection, never reused) with one warning line."""
+    aside = folder.with_name(f"{folder.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(folder, aside)
+    print(f"[   cache] WARNING: {folder} is unusable ({reason}): moved aside to {aside.name}; rebuilding it",
+          file=sys.stderr, flush=True)
+    return aside
+
+
+@contextmanager
+def key_lock(lock_path: Path, what: str) -> Iterator[None]:
+    """An inter-process lock; says once that it waits when another process holds it."""
+    from filelock import FileLock, Timeout
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[   cache] {what} is being built by another process: waiting for it", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._verified: set[tuple[str, str]] = set()
 
     def folder(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -65,7 +159,32 @@ class ArtifactStore:
         return self.root / stage / f"{key}.partial"
 
     def exists(self, stage: str, key: str) -> bool:
-        return (self.folder(stage, key) / MANIFEST).is_file()
+        """A complete, intact entry exists. A damaged one is moved aside (and reported), so it is rebuilt."""
+        if (stage, key) in self._verified and (self.folder(stage, key) / MANIFEST).is_file():
+            return True
+        folder = self.folder(stage, key)
+        if not folder.exists():
+            return False
+        problem = folder_problem(folder)
+        if problem is not None:
+            quarantine(folder, problem)
+            return False
+        self._verified.add((stage, key))
+        return True
+
+    @contextmanager
+    def claim(self, stage: str, key: str, *, lock: bool = True) -> Iterator[Path | None]:
+        """Exclusive right to build `stage/key`: yields None when an intact entry exists (reuse it), else the
+        staging folder to fill before `commit`. `lock=False` for processes that share a builder's claim
+        (the non-zero ranks of a multi-GPU training run)."""
+        if self.exists(stage, key):
+            yield None
+            return
+        if not lock:
+            yield self.begin(stage, key)
+            return
+        with key_lock(self.root / stage / f"{key}.lock", f"{stage}/{key}"):
+            yield None if self.exists(stage, key) else self.begin(stage, key)
 
     def begin(self, stage: str, key: str) -> Path:
         """The staging folder for a new entry (kept across a crash so that training can resume)."""
@@ -76,44 +195,25 @@ class ArtifactStore:
     def commit(self, stage: str, key: str, spec: dict, keep: tuple[str, ...] | None = None) -> Path:
         """Write the manifest and move the staging folder into place atomically."""
         staging = self.partial(stage, key)
-        files = {}
-        for path in sorted(staging.rglob("*")):
-            rel = path.relative_to(staging).as_posix()
-            if not path.is_file() or rel == MANIFEST:
-                continue
-            if keep is not None and not any(rel == k or rel.startswith(k.rstrip("/") + "/") for k in keep):
-                path.unlink()
-                continue
-            files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-        manifest = {"stage": stage, "key": key, "spec": to_plain(spec), "files": files,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        for leftover in [p for p in staging.iterdir() if p.is_dir() and not any(p.rglob("*"))]:
-            leftover.rmdir()
+        write_manifest(staging, {"stage": stage, "key": key, "spec": to_plain(spec)}, keep)
+        for leftover in sorted((p for p in staging.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(leftover.iterdir()):
+                leftover.rmdir()
         final = self.folder(stage, key)
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
+        self._verified.add((stage, key))
         return final
 
     def verify(self, stage: str, key: str, deep: bool = True) -> Path:
         """Check every file of an entry against its manifest; raise CacheError naming the fix."""
         folder = self.folder(stage, key)
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CacheError(f"cache entry {folder} has no readable manifest ({exc}); delete that folder "
-                             "and run again to rebuild it") from exc
-        for rel, meta in manifest["files"].items():
-            path = folder / rel
-            problem = None
-            if not path.is_file():
-                problem = "is missing"
-            elif path.stat().st_size != meta["bytes"]:
-                problem = f"is truncated ({path.stat().st_size} of {meta['bytes']} bytes)"
-            elif deep and _sha256(path) != meta["sha256"]:
-                problem = "is corrupt (checksum mismatch)"
-            if problem:
-                raise CacheError(f"cached file {path} {problem}: delete {folder} and run again to rebuild "
-                                 f"the '{stage}' stage")
+        if (stage, key) in self._verified and (folder / MANIFEST).is_file():
+            return folder
+        problem = folder_problem(folder, deep=deep)
+        if problem is not None:
+            raise CacheError(f"cache entry {folder} is unusable: {problem}; run again to rebuild it (a damaged "
+                             "entry is moved aside automatically)")
+        self._verified.add((stage, key))
         return folder

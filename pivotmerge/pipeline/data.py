@@ -79,21 +79,21 @@ def run_data_stage(store: ArtifactStore, name: str, source_cfg, split_cfg) -> Ar
 
     spec = data_spec(name, source_cfg, split_cfg)
     key = content_key("data", spec)
-    if store.exists("data", key):
-        return Artifact("data", key, store.folder("data", key), reused=True)
-    source = build_source(source_cfg)
-    sizes = SplitSizes(int(split_cfg.train), int(split_cfg.val), int(split_cfg.test))
-    splits = stratified_split(source.examples(), sizes, int(split_cfg.seed))
-    features = Features({"image": ImageFeature(), "label": Value("string"), "source": Value("string"),
-                         "index": Value("int32")})
-    dataset = DatasetDict({
-        split: Dataset.from_dict({"image": [e.image for e in rows], "label": [e.label for e in rows],
-                                  "source": [name] * len(rows), "index": list(range(len(rows)))},
-                                 features=features)
-        for split, rows in splits.items()})
-    staging = store.begin("data", key)
-    dataset.save_to_disk(str(staging / "dataset"))
-    return Artifact("data", key, store.commit("data", key, spec), reused=False)
+    with store.claim("data", key) as staging:
+        if staging is None:
+            return Artifact("data", key, store.folder("data", key), reused=True)
+        source = build_source(source_cfg)
+        sizes = SplitSizes(int(split_cfg.train), int(split_cfg.val), int(split_cfg.test))
+        splits = stratified_split(source.examples(), sizes, int(split_cfg.seed))
+        features = Features({"image": ImageFeature(), "label": Value("string"), "source": Value("string"),
+                             "index": Value("int32")})
+        dataset = DatasetDict({
+            split: Dataset.from_dict({"image": [e.image for e in rows], "label": [e.label for e in rows],
+                                      "source": [name] * len(rows), "index": list(range(len(rows)))},
+                                     features=features)
+            for split, rows in splits.items()})
+        dataset.save_to_disk(str(staging / "dataset"))
+        return Artifact("data", key, store.commit("data", key, spec), reused=False)
 
 
 def load_dataset_dict(folder: Path):

@@ -32,20 +32,20 @@ def run_features_stage(store: ArtifactStore, name: str, data_artifact: Artifact,
     spec = feature_spec(vision_cfg, data_artifact.key)
     batch_size = int(vision_cfg.get("encode_batch_size") or 64)
     key = content_key("features", spec)
-    if store.exists("features", key):
-        return Artifact("features", key, store.folder("features", key), reused=True)
-    tower = tower_factory()
-    dataset = load_dataset_dict(data_artifact.path)
-    staging = store.begin("features", key)
-    for split in SPLITS:
-        rows = dataset[split]
-        chunks = []
-        for start in tqdm(range(0, len(rows), batch_size), desc=f"features {name}/{split}", leave=False):
-            batch = rows[start:start + batch_size]
-            chunks.append(tower.encode_images(batch["image"]).to(torch.float32))
-        save_file({"features": torch.cat(chunks)}, str(staging / f"{split}.safetensors"))
-        (staging / f"{split}.labels.json").write_text(json.dumps(list(rows["label"])))
-    return Artifact("features", key, store.commit("features", key, spec), reused=False)
+    with store.claim("features", key) as staging:
+        if staging is None:
+            return Artifact("features", key, store.folder("features", key), reused=True)
+        tower = tower_factory()
+        dataset = load_dataset_dict(data_artifact.path)
+        for split in SPLITS:
+            rows = dataset[split]
+            chunks = []
+            for start in tqdm(range(0, len(rows), batch_size), desc=f"features {name}/{split}", leave=False):
+                batch = rows[start:start + batch_size]
+                chunks.append(tower.encode_images(batch["image"]).to(torch.float32))
+            save_file({"features": torch.cat(chunks)}, str(staging / f"{split}.safetensors"))
+            (staging / f"{split}.labels.json").write_text(json.dumps(list(rows["label"])))
+        return Artifact("features", key, store.commit("features", key, spec), reused=False)
 
 
 def load_source_features(store: ArtifactStore, name: str, artifact: Artifact) -> SourceFeatures:

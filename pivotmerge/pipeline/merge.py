@@ -146,38 +146,44 @@ def run(ctx) -> None:
                                    "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
         key = content_key("merge", spec)
         started = time.perf_counter()
-        if ctx.store.exists("merge", key):
-            ctx.merged[name] = Artifact("merge", key, ctx.store.folder("merge", key), reused=True)
-            ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
-            continue
-        fn = instantiate(method_cfg)
-        accepted = inspect.signature(fn).parameters
-        kwargs: dict = {}
-        diagnostics: dict = {}
-        if "diagnostics" in accepted:
-            kwargs["diagnostics"] = diagnostics
-        if _uses_data(method_cfg) and "calibration_loss" in accepted:
-            if calibration_loss is None:
-                calibration_loss = make_calibration_loss(ctx, per_source)
-            kwargs["calibration_loss"] = calibration_loss
-        merged = fn(pivot, experts, **kwargs)
-        seconds = time.perf_counter() - started
-        staging = ctx.store.begin("merge", key)
-        save_file({k: v.contiguous() for k, v in merged.items()}, str(staging / PROJECTOR_FILE))
-        from pivotmerge.merging.diagnostics import collect, write_diagnostics
-
-        collect(pivot, experts, merged, diagnostics)
-        diagnostics["experts"] = expert_names
-        write_diagnostics(diagnostics, staging / "diagnostics")
-        (staging / "metrics.json").write_text(json.dumps({"method": name, "options": options,
-                                                          "merge_seconds": round(seconds, 3)}, indent=2))
-        ctx.merged[name] = Artifact("merge", key, ctx.store.commit("merge", key, spec), reused=False)
+        with ctx.store.claim("merge", key) as staging:
+            if staging is None:
+                ctx.merged[name] = Artifact("merge", key, ctx.store.folder("merge", key), reused=True)
+            else:
+                if calibration_loss is None and _uses_data(method_cfg):
+                    calibration_loss = make_calibration_loss(ctx, per_source)
+                ctx.merged[name] = _merge_into(ctx, staging, name, key, spec, method_cfg, options, pivot, experts,
+                                               expert_names, calibration_loss)
         ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
     log_stage_run(cfg, ctx.store, "merge", f"merge-seed{int(cfg.seed)}", ctx.merged.values())
     if selections:
         path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
         path.write_text(json.dumps(selections, indent=2, default=str))
         print(f"[   merge] hyperparameters selected on val splits (budget {search.get('budget')}): {path}")
+
+
+def _merge_into(ctx, staging, name, key, spec, method_cfg, options, pivot, experts, expert_names,
+                calibration_loss) -> Artifact:
+    from pivotmerge.merging.diagnostics import collect, write_diagnostics
+
+    started = time.perf_counter()
+    fn = instantiate(method_cfg)
+    accepted = inspect.signature(fn).parameters
+    kwargs: dict = {}
+    diagnostics: dict = {}
+    if "diagnostics" in accepted:
+        kwargs["diagnostics"] = diagnostics
+    if _uses_data(method_cfg) and "calibration_loss" in accepted:
+        kwargs["calibration_loss"] = calibration_loss
+    merged = fn(pivot, experts, **kwargs)
+    seconds = time.perf_counter() - started
+    save_file({k: v.contiguous() for k, v in merged.items()}, str(staging / PROJECTOR_FILE))
+    collect(pivot, experts, merged, diagnostics)
+    diagnostics["experts"] = expert_names
+    write_diagnostics(diagnostics, staging / "diagnostics")
+    (staging / "metrics.json").write_text(json.dumps({"method": name, "options": options,
+                                                      "merge_seconds": round(seconds, 3)}, indent=2))
+    return Artifact("merge", key, ctx.store.commit("merge", key, spec), reused=False)
 
 
 def select_options(ctx, name, method_cfg, options, search, pivot, experts, calibration_loss):
@@ -191,18 +197,17 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, calib
                 "target": method_cfg._target_, "options": candidate, "per_source": int(ctx.cfg.calibration.per_source),
                 "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
         key = content_key("select", spec)
-        cached = ctx.store.folder("select", key) / "score.json"
-        if cached.is_file():
-            loss = json.loads(cached.read_text())["val_loss"]
-        else:
-            fn = instantiate(OmegaConf.merge(method_cfg, candidate))
-            kwargs = {}
-            if str(candidate.get("alm", "off")) == "data":
-                kwargs["calibration_loss"] = calibration_loss
-            loss = calibration_loss(fn(pivot, experts, **kwargs))
-            staging = ctx.store.begin("select", key)
-            (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
-            ctx.store.commit("select", key, spec)
+        with ctx.store.claim("select", key) as staging:
+            if staging is None:
+                loss = json.loads((ctx.store.verify("select", key) / "score.json").read_text())["val_loss"]
+            else:
+                fn = instantiate(OmegaConf.merge(method_cfg, candidate))
+                kwargs = {}
+                if str(candidate.get("alm", "off")) == "data":
+                    kwargs["calibration_loss"] = calibration_loss
+                loss = calibration_loss(fn(pivot, experts, **kwargs))
+                (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
+                ctx.store.commit("select", key, spec)
         table.append({"options": candidate, "val_loss": round(loss, 5)})
     best = min(table, key=lambda row: row["val_loss"])
     changed = {k: v for k, v in best["options"].items() if options.get(k) != v}

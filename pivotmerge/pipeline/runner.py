@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pivotmerge.errors import ConfigError
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
+from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, library_version
 from pivotmerge.pipeline.data import build_source, run_data_stage, selected_sources
 from pivotmerge.pipeline.features import SourceFeatures, load_source_features, run_features_stage
 from pivotmerge.pipeline.train import load_projector, run_training_stage, seeded_projector
@@ -19,6 +20,9 @@ from pivotmerge.training import CaptionSource
 from pivotmerge.version import code_version
 from pivotmerge.wandb_logging import log_stage_run
 
+# Installed versions recorded in every run folder's run_info.json.
+RESULT_SHAPING_PACKAGES = ("torch", "transformers", "lightning", "lmms-eval", "datasets", "numpy", "hydra-core",
+                           "peft", "safetensors")
 TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "warmup_ratio", "accumulate_grad_batches", "precision")
 
 # Later stages live in their own modules; the runner calls `run(ctx)` on each.
@@ -210,8 +214,10 @@ def run(cfg) -> Context:
     """Run the configured stages for every seed in `cfg.seeds` (or `cfg.seed`), then the report once."""
     from omegaconf import open_dict
 
+    from pivotmerge import preflight
     from pivotmerge.wandb_logging import configure_wandb_env
 
+    preflight.check(cfg)
     _quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +230,8 @@ def run(cfg) -> Context:
     seeds = [int(s) for s in (cfg.get("seeds") or [cfg.seed])]
     (output_dir / "run_info.json").write_text(json.dumps(
         {"experiment": cfg.experiment_name, "seeds": seeds, "code_version": code_version(Path(cfg.paths.root)),
-         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": platform.python_version(),
+         "packages": {name: library_version(name) for name in RESULT_SHAPING_PACKAGES}}, indent=2))
     OmegaConf.save(cfg, output_dir / "resolved_config.yaml", resolve=True)
     started = time.perf_counter()
     log = StageLog()

@@ -38,11 +38,36 @@ def seeded_projector(mllm, seed: int) -> dict[str, torch.Tensor]:
 def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, *, mllm, init_state,
                        train: list[CaptionSource], val: list[CaptionSource], train_cfg, seed: int,
                        logger_factory=None) -> Artifact:
-    """Train the projector from `init_state` for `train_cfg.steps` steps; resume from a partial run."""
+    """Train the projector from `init_state` for `train_cfg.steps` steps; resume from a partial run.
+
+    The cache key is claimed for the whole run: another process asking for the same projector waits and
+    then reuses it. Under ddp/fsdp only rank 0 claims (the other ranks train alongside it)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     key = content_key(stage, spec)
-    if store.exists(stage, key):
-        return Artifact(stage, key, store.folder(stage, key), reused=True)
-    staging = store.begin(stage, key)
+    with store.claim(stage, key, lock=int(getattr(rank_zero_only, "rank", 0) or 0) == 0) as staging:
+        if staging is None:
+            return Artifact(stage, key, store.folder(stage, key), reused=True)
+        return _train(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state, train=train,
+                      val=val, train_cfg=train_cfg, seed=seed, logger_factory=logger_factory)
+
+
+def _resumable_checkpoint(last: Path) -> int | None:
+    """The step of a readable `last.ckpt` (None if there is none); an unreadable one (a kill while it was
+    written) is moved aside with a warning and training starts over."""
+    if not last.is_file():
+        return None
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
+    except Exception as exc:  # truncated/corrupt pickle: any error of torch.load
+        from pivotmerge.pipeline.artifacts import quarantine
+
+        quarantine(last, f"unreadable checkpoint: {type(exc).__name__}")
+        return None
+
+
+def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, staging: Path, *, mllm,
+           init_state, train, val, train_cfg, seed: int, logger_factory) -> Artifact:
     steps = int(train_cfg.steps)
     mllm.projector.load_state_dict(init_state)
     metrics: dict = {"name": name, "steps": steps, "seed": seed}
@@ -70,8 +95,9 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
             logger=logger_factory(stage, name) if logger_factory else False, callbacks=callbacks,
             default_root_dir=str(staging), deterministic=False)
         started = time.perf_counter()
-        resumed = last.is_file()
-        first_step = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if resumed else 0
+        checkpoint_step = _resumable_checkpoint(last)
+        resumed = checkpoint_step is not None
+        first_step = checkpoint_step or 0
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
         elapsed = time.perf_counter() - started
         if trainer.global_step < steps:

@@ -24,6 +24,9 @@ class Example:
 class DataSource(abc.ABC):
     """A named, deterministic stream of (image, label) examples."""
 
+    #: modules the adapter imports when it reads its data (checked by the preflight before any stage runs)
+    requires: tuple[str, ...] = ()
+
     def __init__(self, name: str, caption_templates: list[str], subject: str,
                  max_examples: int | None = None):
         if not caption_templates or any("{label}" not in t for t in caption_templates):

@@ -57,6 +57,8 @@ def _draw(kind: str, rng: np.random.Generator, fig) -> None:
 
 
 class ChartsSource(DataSource):
+    requires = ("matplotlib",)
+
     def __init__(self, *args, count: int = 1400, image_size: int = 128, chart_types: list[str] | None = None,
                  render_seed: int = 2024, **kwargs):
         super().__init__(*args, **kwargs)

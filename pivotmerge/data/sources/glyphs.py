@@ -15,6 +15,8 @@ FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSans
 
 
 class RenderedWordsSource(DataSource):
+    requires = ("matplotlib",)
+
     def __init__(self, *args, count: int = 1600, image_size: int = 96, words: list[str] | None = None,
                  render_seed: int = 1234, **kwargs):
         super().__init__(*args, **kwargs)
