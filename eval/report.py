@@ -2,7 +2,9 @@
 
 The table itself (`build_table`: rows, columns, intervals, retention, paired tests) is eval/table.py; this
 module writes it (Markdown, CSV, LaTeX, a bar chart and a retention plot) and logs it to W&B. The best merged
-method of each column is bold. A missing cell is "–" (empty in the CSV), never 0.
+method of each column is bold. A missing cell is "–" (empty in the CSV), never 0. Units: the results store
+keeps fractions (`unit: fraction`), the table shows % (accuracy-type), raw scores (MME) or nats (NLL), and
+table.csv names each column's unit (`pm_mc_digits_pct`, `pm_mme_score`, `NLL_nats`).
 
 `python run.py experiment=... report.only=true` rebuilds everything from an existing store
 (`eval.report.from`: latest | all | <path>).
@@ -15,9 +17,26 @@ import json
 from pathlib import Path
 
 from eval.table import Cell, Table, build_table, is_percent, model_order  # noqa: F401 - the report's API
+from eval.table import LOWER_IS_BETTER
 from pivotmerge.errors import ConfigError, DataError
 
 MISSING = "–"
+
+
+def metric_unit(metric: str) -> str:
+    """Unit of a metric's value in the results store: 'fraction' (accuracy-type, 0-1), 'nats' (caption NLL)
+    or 'score' (MME-style sums)."""
+    if metric in LOWER_IS_BETTER:
+        return "nats"
+    return "fraction" if is_percent(metric) else "score"
+
+
+def column_unit(table: Table, column: str) -> str:
+    """Unit of a table column, named in table.csv's header: 'pct' (fractions x 100), 'score' or 'nats'."""
+    if column in table.metrics:
+        unit = metric_unit(table.metrics[column])
+        return "pct" if unit == "fraction" else unit
+    return {"Average": "pct", "Norm.": "pct", "Retention": "pct", "NLL": "nats"}.get(column, "")
 
 
 # ---- writers -------------------------------------------------------------------------------------------
@@ -104,7 +123,9 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(out, lineterminator="\n")
     header = ["model"]
     for column in table.columns:
-        header += [f"{column}", f"{column}_std", f"{column}_ci_lo", f"{column}_ci_hi", f"{column}_n"]
+        unit = column_unit(table, column)
+        name = f"{column}_{unit}" if unit else column     # the unit in the name: pm_mc_digits_pct, pm_mme_score
+        header += [name, f"{name}_std", f"{name}_ci_lo", f"{name}_ci_hi", f"{column}_n"]
     writer.writerow(header)
     for model in table.models:
         row = [model]
@@ -275,8 +296,8 @@ def find_stores(cfg, output_dir: Path) -> list[Path]:
     return [path]
 
 
-def log_wandb(cfg, table: Table, paths: dict[str, Path]) -> None:
-    from pivotmerge.wandb_logging import start_run
+def log_wandb(cfg, table: Table, paths: dict[str, Path], stores: list[Path] = ()) -> None:
+    from pivotmerge.wandb_logging import log_report_lineage, start_run, sync_hint
 
     run = start_run(cfg, "report", f"report-{cfg.experiment_name}")
     if run is None:
@@ -294,15 +315,17 @@ def log_wandb(cfg, table: Table, paths: dict[str, Path]) -> None:
                 run.summary[f"{model}/{column}"] = cell.mean
     if "png" in paths:
         run.log({"scores": wandb.Image(str(paths["png"]))})
+    log_report_lineage(run, stores, paths.values())
     where = run.url if getattr(run, "url", None) else run.dir
-    offline = str(cfg.logger.wandb.mode) == "offline"
     run.finish()
-    hint = f"  (offline: `wandb sync {Path(cfg.logger.wandb.dir) / 'wandb'}` uploads every run)" if offline else ""
+    hint = f"  (offline: `{sync_hint(cfg)}` uploads every run)" if sync_hint(cfg) else ""
     print(f"  W&B: {where}{hint}", flush=True)
 
 
 def run(ctx) -> None:
     import time
+
+    from eval.html_report import write_html_report
 
     cfg = ctx.cfg
     started = time.perf_counter()
@@ -315,10 +338,11 @@ def run(ctx) -> None:
     report_cfg = cfg.eval.get("report", {}) if cfg.get("eval") is not None else {}
     table = build_table(rows, metric=str(report_cfg.get("table_metric", "primary")))
     paths = write_report(table, output_dir / "report", plot=bool(report_cfg.get("plot", True)))
+    paths["html"] = write_html_report(table, output_dir, stores, ctx.log.rows)
     print("\n" + to_markdown(table), flush=True)
     print("Report from " + ", ".join(str(s) for s in stores) + ":\n" +
           "\n".join(f"  {kind:>3}: {path}" for kind, path in paths.items()), flush=True)
     if cfg.get("logger") is not None and cfg.logger.wandb.get("enabled", False):
-        log_wandb(cfg, table, paths)
+        log_wandb(cfg, table, paths, stores)
     ctx.log.add("report", f"table ({len(table.models)} models x {len(table.benchmarks)} benchmarks)", None,
                 time.perf_counter() - started, str(paths["md"]))

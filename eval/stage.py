@@ -4,7 +4,8 @@ For each model the projector is loaded into the one shared MLLM and `lmms_eval.e
 runs with our adapter instance and a TaskManager on the suite folder. Each model's lmms-eval results JSON
 is cached as the artifact `eval/<key>` (key = projector artifact key + suite key + eval settings), so a
 sweep re-evaluates only new merges. Every evaluation writes, under `<output_dir>/results/`:
-  results.jsonl   one row per (run, model, benchmark, metric, seed): value, stderr, primary flag, ...
+  results.jsonl   one row per (run, model, benchmark, metric, seed): value, unit ('fraction' for accuracy-type
+                  metrics, 0-1; 'score' for MME-style sums), stderr, primary flag, ...
   lmms/<model>.json   lmms-eval's own results JSON
 The report stage (eval/report.py) reads only this store.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from eval.report import metric_unit
 from pivotmerge.errors import ConfigError
 from pivotmerge.pipeline.artifacts import content_key
 
@@ -90,7 +92,7 @@ def results_rows(results: dict, *, model: str, run: str, seed: int, experiment: 
             stderr = metrics.get(f"{metric}_stderr,{filter_name}")
             stderr = float(stderr) if isinstance(stderr, (int, float)) else None
             row = {"run": run, "experiment": experiment, "seed": seed, "model": model, "benchmark": task,
-                   "metric": metric, "value": float(value), "stderr": stderr,
+                   "metric": metric, "value": float(value), "unit": metric_unit(metric), "stderr": stderr,
                    "primary": metric == meta.get("primary"), "kind": meta.get("kind"),
                    "sources": meta.get("sources", []), "n": n}
             if row["primary"] and items and task in items:
@@ -244,6 +246,7 @@ def _cuda_available() -> bool:
 def run(ctx) -> None:
     from eval.lmms_model import PivotMergeLMM
     from pivotmerge.pipeline.artifacts import Artifact
+    from pivotmerge.wandb_logging import log_eval_run
 
     cfg = ctx.cfg
     models = ctx.models()
@@ -260,6 +263,8 @@ def run(ctx) -> None:
         workers = 1
     started = time.perf_counter()
     tasks, manager_args, task_meta, suite_key = _suite_and_tasks(ctx)
+    if "include_path" in manager_args:
+        print(f"[    eval] benchmark suite (lmms-eval --include_path): {manager_args['include_path']}", flush=True)
     ctx.log.add("eval", f"suite ({len(tasks)} tasks)", None, time.perf_counter() - started, ", ".join(tasks))
     with_vision = settings["name"] == "lmms_standard"
     batch_size = int(cfg.eval.get("batch_size", 16))
@@ -283,6 +288,7 @@ def run(ctx) -> None:
     results_dir = Path(ctx.output_dir) / RESULTS_DIR
     (results_dir / "lmms").mkdir(parents=True, exist_ok=True)
     run_id = Path(ctx.output_dir).name
+    evaluated, scores = {}, {}    # model -> its evaluation's cache entry, its primary values (for W&B)
     mllm = None
     original = None
     try:
@@ -335,9 +341,12 @@ def run(ctx) -> None:
             rows = results_rows(results, model=model_name, run=run_id, seed=int(cfg.seed),
                                 experiment=str(cfg.experiment_name), task_meta=task_meta, items=items)
             append_rows(results_dir, rows)
-            primary = {r["benchmark"]: round(r["value"], 3) for r in rows if r["primary"]}
-            ctx.log.add("eval", model_name, Artifact("eval", key, folder, reused), seconds, json.dumps(primary))
+            scores[model_name] = {r["benchmark"]: r["value"] for r in rows if r["primary"]}
+            evaluated[model_name] = Artifact("eval", key, folder, reused)
+            ctx.log.add("eval", model_name, evaluated[model_name], seconds,
+                        json.dumps({bench: round(value, 3) for bench, value in scores[model_name].items()}))
     finally:
         if original is not None:
             mllm.projector.load_state_dict(original)
     (results_dir / "suite.json").write_text(json.dumps({"suite": suite_key, "tasks": task_meta}, indent=2))
+    log_eval_run(cfg, store, models, evaluated, scores, results_dir)

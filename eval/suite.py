@@ -5,7 +5,8 @@ order, and the folder is cached as the artifact `eval_suite/<key>` whose key has
 keys (which include each source's config: caption templates, subject), the suite config and the code of
 the task files. The folder is self-contained: `pm_*.yaml` + `pm_*.parquet` + the `_template_*` files and
 `utils.py` copied from `eval/tasks/`, with data files given relative to the YAMLs, so it can be passed as
-`include_path` to lmms-eval (our `TaskManager`, or `lmms-eval --include_path <folder>`).
+`include_path` to lmms-eval (our `TaskManager`, or `lmms-eval --include_path <folder>`). The eval stage
+prints the folder; `pivotmerge suite --print-path [run.py overrides]` builds or reuses it without a run.
 
 Benchmarks (names unique, prefixed `pm_`):
   pm_cls_<source>  k-way classification over ALL labels of the source: every label's caption (template 0) is a
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pivotmerge.cli import subcommand
 from pivotmerge.errors import ConfigError, DataError
 
 SUITE_VERSION = 1
@@ -359,3 +361,61 @@ def build_or_reuse_suite(ctx) -> Suite:
             store.commit("eval_suite", key, spec)
     folder = store.verify("eval_suite", key)
     return load_suite(folder, key)
+
+
+# ---- `pivotmerge suite`: the folder to pass to `lmms-eval --include_path` --------------------------------
+def compose_run_config(overrides: list[str]):
+    """The config `python run.py <overrides>` would run with, from this working directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    root = Path.cwd()
+    base = [f"paths.root='{root}'", f"paths.output_dir='{root / 'outputs' / 'suite'}'"]
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+            return compose(config_name="config", overrides=base + list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose the config from {' '.join(overrides) or '(no overrides)'}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+
+
+def suite_for_config(cfg) -> Suite:
+    """Build (or reuse) the embedded suite of a run config: the data stage of its sources, then the suite."""
+    from types import SimpleNamespace
+
+    from pivotmerge.pipeline.artifacts import ArtifactStore
+    from pivotmerge.pipeline.data import build_source, run_data_stage, selected_sources
+
+    if str(cfg.eval.get("name", "embedded")) == "lmms_standard":
+        raise ConfigError("eval=lmms_standard runs lmms-eval's built-in tasks: there is no suite folder")
+    ctx = SimpleNamespace(cfg=cfg, store=ArtifactStore(cfg.paths.cache_dir), data={}, sources={})
+    for name in selected_sources(cfg):
+        ctx.sources[name] = build_source(cfg.data.sources[name])
+        ctx.data[name] = run_data_stage(ctx.store, name, cfg.data.sources[name], cfg.data.split)
+    return build_or_reuse_suite(ctx)
+
+
+def _configure_suite(p) -> None:
+    p.add_argument("--print-path", action="store_true", help="print only the folder (for $(...) in a shell)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="run.py overrides that choose the suite (experiment=..., data=..., eval.suite.*)")
+
+
+@subcommand("suite", help="build or reuse the embedded benchmark suite and print its folder "
+                          "(for lmms-eval --include_path)", configure=_configure_suite)
+def run_suite(args) -> int:
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):   # stdout holds the path alone
+        suite = suite_for_config(compose_run_config(args.overrides))
+    if args.print_path:
+        print(suite.folder)
+        return 0
+    print(f"suite folder: {suite.folder}")
+    for name, meta in suite.tasks.items():
+        print(f"  {name:<20} {meta['kind']:<6} {meta['items']:>5} items  primary metric {meta['primary']}")
+    print(f"lmms-eval --model pivotmerge --model_args projector=<file>,model_config=embedded "
+          f"--tasks {','.join(suite.tasks)} --include_path {suite.folder}")
+    return 0

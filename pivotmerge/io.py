@@ -4,11 +4,13 @@
 * ``.bin``, ``.pt``, ``.pth``, ``.ckpt`` -> ``torch.load(weights_only=True)`` / ``torch.save``
 
 Writes are atomic: the data goes to a temporary file in the target directory, then ``os.replace``;
-on any error the temporary file is removed, so no partial output is ever left behind.
+on any error the temporary file is removed, so no partial output is ever left behind. A safetensors file
+can carry string metadata (``pivotmerge merge`` writes its provenance there; ``read_metadata`` reads it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -77,8 +79,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -> Path:
-    """Atomically write ``state_dict`` to ``path`` (format by extension); returns the path."""
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike,
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Atomically write ``state_dict`` to ``path`` (format by extension); returns the path.
+
+    ``metadata`` (string keys and values) goes into the safetensors header; torch pickles have no place for
+    it and ignore it.
+    """
     path = Path(path)
     kind = _kind(path)
     sd = {}
@@ -96,7 +103,7 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -
         if kind == "safetensors":
             from safetensors.torch import save_file
 
-            save_file(sd, tmp)
+            save_file(sd, tmp, metadata=dict(metadata) if metadata else None)
         else:
             torch.save(sd, tmp)
         os.replace(tmp, path)
@@ -111,4 +118,28 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -
     return path
 
 
-__all__ = ["CheckpointError", "load_state_dict", "save_state_dict"]
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} for torch pickles or a file without any)."""
+    path = Path(path)
+    if _kind(path) != "safetensors":
+        return {}
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read safetensors header ({_reason(e)})") from e
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = ["CheckpointError", "load_state_dict", "read_metadata", "save_state_dict", "sha256_file"]

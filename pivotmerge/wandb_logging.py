@@ -1,8 +1,30 @@
-"""Weights & Biases: offline by default, every file under the run folder, one group per experiment."""
+"""Weights & Biases: offline by default, every file under the run folder, one group per experiment.
+
+Lineage. Every cache entry (pipeline/artifacts.py) a run reads or writes is a W&B *reference* artifact named
+`<stage>[-<label>]-<content key>` whose files point into the cache folder (`file://...`, checksummed): nothing
+is copied or uploaded, and one cache entry is one artifact in every run and experiment. A run logs the
+entries its stage produced as outputs and declares as inputs the entries their specs name (a spec holds the
+content keys of everything the entry was made from), plus the reused entries it read. So the lineage graph
+holds data -> features -> pivot -> experts -> merges -> evaluations -> results store -> table.
+
+Offline: `run.use_artifact` raises "Cannot use artifact when in offline mode" (wandb 0.25), so an offline
+run gets the record that online `use_artifact(<draft artifact>)` sends - the artifact, flagged user-created
+and use-after-commit - in its transaction log (`.wandb`); `wandb sync` replays it as a use of the version
+with the same digest. `read_run_records` reads those logs back (tests, debugging).
+"""
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
+from collections.abc import Iterable
 from pathlib import Path
+
+# W&B artifact type of each cache stage (`select` entries are search scores: not logged).
+ARTIFACT_TYPES = {"data": "dataset", "features": "features", "pivot": "projector", "expert": "projector",
+                  "joint": "projector", "merge": "projector", "eval_suite": "benchmark", "eval": "evaluation"}
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 def configure_wandb_env(cfg) -> None:
@@ -19,9 +41,13 @@ def configure_wandb_env(cfg) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def enabled(cfg) -> bool:
+    return cfg.get("logger") is not None and bool(cfg.logger.wandb.get("enabled", False))
+
+
 def lightning_logger_factory(cfg):
     """A factory (stage, name) -> WandbLogger, or None when W&B is disabled."""
-    if not cfg.logger.wandb.get("enabled", False):
+    if not enabled(cfg):
         return None
     from lightning.pytorch.loggers import WandbLogger
     from omegaconf import OmegaConf
@@ -36,8 +62,8 @@ def lightning_logger_factory(cfg):
 
 
 def start_run(cfg, job_type: str, name: str):
-    """A plain wandb run (merge/eval/report stages); None when disabled."""
-    if not cfg.logger.wandb.get("enabled", False):
+    """A plain wandb run (features/merge/eval/report stages); None when disabled."""
+    if not enabled(cfg):
         return None
     import wandb
     from omegaconf import OmegaConf
@@ -46,3 +72,236 @@ def start_run(cfg, job_type: str, name: str):
                       group=str(cfg.logger.wandb.group), job_type=job_type, name=name,
                       dir=str(cfg.logger.wandb.dir), mode=str(cfg.logger.wandb.mode),
                       config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
+
+
+def sync_hint(cfg) -> str:
+    """The command that uploads this run folder's offline runs, oldest first so that producers precede the
+    runs that use their artifacts ('' when online)."""
+    import shlex
+
+    if str(cfg.logger.wandb.mode) != "offline":
+        return ""
+    return f"wandb sync {shlex.quote(str(Path(cfg.logger.wandb.dir) / 'wandb'))}/offline-run-*"
+
+
+# ---- cache entries as reference artifacts ---------------------------------------------------------------
+def _spec(entry) -> dict:
+    from pivotmerge.pipeline.artifacts import MANIFEST
+
+    return json.loads((Path(entry.path) / MANIFEST).read_text())["spec"]
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def entry_inputs(store, spec) -> list:
+    """The cache entries a spec names: every content key in it that is an entry of some stage."""
+    from pivotmerge.pipeline.artifacts import MANIFEST, Artifact
+
+    found, seen = [], set()
+
+    def walk(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and _KEY.fullmatch(value) and value not in seen:
+            for stage in ARTIFACT_TYPES:   # a committed entry (loaders verify contents; lineage only names it)
+                if (store.folder(stage, value) / MANIFEST).is_file():
+                    seen.add(value)
+                    found.append(Artifact(stage, value, store.folder(stage, value), reused=True))
+                    break
+
+    walk(spec)
+    return found
+
+
+def entry_label(store, entry) -> str:
+    """A readable part of the artifact name, from the entry's own spec (so every run derives the same name)."""
+    spec = _spec(entry)
+    for field in ("name", "source"):           # data: source name; expert: its source
+        if isinstance(spec.get(field), str):
+            return spec[field]
+    if isinstance(spec.get("target"), str):    # merge: the method function, e.g. ties_merge -> ties
+        return spec["target"].rsplit(".", 1)[-1].removesuffix("_merge")
+    if entry.stage == "features":              # features: the source of its data entry
+        inputs = entry_inputs(store, spec)
+        return entry_label(store, inputs[0]) if inputs else ""
+    return ""
+
+
+def artifact_name(stage: str, key: str, label: str = "") -> str:
+    return "-".join([stage] + ([_safe(label)] if _safe(label) else []) + [key])
+
+
+def cache_artifact(store, entry):
+    """The W&B reference artifact of a cache entry (metadata: stage, content key, the spec = its config)."""
+    import wandb
+
+    label = entry_label(store, entry)
+    artifact = wandb.Artifact(artifact_name(entry.stage, entry.key, label), type=ARTIFACT_TYPES[entry.stage],
+                              metadata={"stage": entry.stage, "content_key": entry.key, "label": label,
+                                        "spec": _spec(entry)})
+    artifact.add_reference(Path(entry.path).resolve().as_uri())
+    return artifact
+
+
+def files_artifact(name: str, kind: str, paths: Iterable[Path], metadata: dict | None = None):
+    """An artifact holding copies of small files that change later (results store, tables)."""
+    import wandb
+
+    artifact = wandb.Artifact(_safe(name), type=kind, metadata=metadata or {})
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            artifact.add_dir(str(path), name=path.name)
+        elif path.is_file():
+            artifact.add_file(str(path))
+    return artifact
+
+
+def results_artifact(results_dir: Path):
+    """The results store of one run folder (`outputs/<experiment>/<time>/results`) as an artifact."""
+    results_dir = Path(results_dir)
+    run_folder = results_dir.parent
+    return files_artifact(f"results-{run_folder.parent.name}-{run_folder.name}", "results",
+                          sorted(results_dir.iterdir()), {"folder": str(results_dir.resolve())})
+
+
+def use(run, artifact) -> None:
+    """Declare `artifact` an input of `run` (offline: the record online use_artifact sends, see above)."""
+    if run.offline:
+        run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+    else:
+        run.use_artifact(artifact)
+
+
+def declare_used(run, store, entries: Iterable) -> None:
+    for entry in entries:
+        use(run, cache_artifact(store, entry))
+
+
+def log_produced(run, store, entries: Iterable) -> None:
+    """Log each produced cache entry as an output of `run`, after declaring the entries its spec names."""
+    entries = list(entries)
+    inputs = {}
+    for entry in entries:
+        inputs.update({(e.stage, e.key): e for e in entry_inputs(store, _spec(entry))})
+    produced = {(e.stage, e.key) for e in entries}
+    declare_used(run, store, [e for k, e in inputs.items() if k not in produced])
+    for entry in entries:
+        run.log_artifact(cache_artifact(store, entry))
+
+
+def _warn(what: str, exc: Exception) -> None:
+    # W&B is a record of the work, never a reason to lose it: a logging failure is reported, not raised.
+    print(f"[   wandb] could not log {what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def log_stage_run(cfg, store, job_type: str, name: str, entries: Iterable = (), *, link_reused: bool = False,
+                  outputs: Iterable = (), summary: dict | None = None) -> None:
+    """One W&B run for a stage's work: the cache `entries` it made are logged as outputs (with the entries
+    their specs name as inputs); entries it reused from the cache are never logged again, and are declared
+    as inputs when `link_reused` (the stage read them). `outputs`: extra file artifacts; `summary`: the run's
+    summary values. No run when the stage made nothing."""
+    entries, outputs = list(entries), list(outputs)
+    produced = [e for e in entries if not e.reused]
+    if not enabled(cfg) or not (produced or outputs):
+        return
+    try:
+        run = start_run(cfg, job_type, name)
+        declare_used(run, store, [e for e in entries if e.reused] if link_reused else [])
+        log_produced(run, store, produced)
+        for artifact in outputs:
+            run.log_artifact(artifact)
+        run.summary.update(summary or {})
+        run.finish()
+    except Exception as exc:  # noqa: BLE001 - see _warn
+        _warn(f"the {job_type} run", exc)
+
+
+def log_eval_run(cfg, store, models: dict, evaluated: dict, scores: dict, results_dir: Path) -> None:
+    """The eval stage's run: its evaluations (made or reused) with the projectors and suite they read, the
+    results store as output, and in the summary each model's primary scores next to the name of its projector
+    artifact (`merge:ties/pm_pope`, `merge:ties/projector`): from a score to the projector in one click."""
+    if not enabled(cfg):
+        return
+    summary = {}
+    for model, values in scores.items():
+        entry = models[model]
+        summary[f"{model}/projector"] = artifact_name(entry.stage, entry.key, entry_label(store, entry))
+        summary.update({f"{model}/{benchmark}": value for benchmark, value in values.items()})
+    log_stage_run(cfg, store, "eval", f"eval-seed{int(cfg.seed)}", evaluated.values(), link_reused=True,
+                  outputs=[results_artifact(results_dir)], summary=summary)
+
+
+def log_training_output(logger, store, entry) -> None:
+    """Finish a training stage's W&B run (Lightning's WandbLogger) with its projector entry as output."""
+    if logger is None:
+        return
+    import wandb
+
+    run = logger.experiment
+    if not isinstance(run, wandb.Run):   # the placeholder of a rank > 0
+        return
+    try:
+        log_produced(run, store, [entry])
+    except Exception as exc:  # noqa: BLE001 - see _warn
+        _warn(f"{entry.stage} {entry.key}", exc)
+    try:
+        run.finish()
+    except Exception as exc:  # noqa: BLE001 - see _warn
+        _warn(f"the end of the {entry.stage} run", exc)
+
+
+def log_report_lineage(run, stores: Iterable[Path], files: Iterable[Path]) -> None:
+    """The report run reads results stores and writes the table files (md/csv/tex/png/html)."""
+    try:
+        for store in stores:
+            use(run, results_artifact(store))
+        files = [Path(f) for f in files]
+        if files:
+            run_folder = files[0].parent.parent     # <run folder>/report/table.md
+            run.log_artifact(files_artifact(f"table-{run_folder.parent.name}-{run_folder.name}", "table", files))
+    except Exception as exc:  # noqa: BLE001 - see _warn
+        _warn("the report's artifacts", exc)
+
+
+# ---- reading offline runs back --------------------------------------------------------------------------
+def read_run_records(run_folder: Path, wait_s: float = 30.0) -> dict:
+    """{'run': RunRecord, 'outputs': [ArtifactRecord], 'inputs': [ArtifactRecord], 'summary': dict,
+    'complete': bool} of one offline run folder, read from its transaction log with wandb's own reader.
+    `run.finish()` returns before wandb's writer process has flushed the log: wait up to `wait_s` for its
+    exit record."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+    from wandb.sdk.internal.datastore import DataStore
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        found: dict = {"run": None, "outputs": [], "inputs": [], "summary": {}, "complete": False}
+        logs = list(Path(run_folder).glob("*.wandb"))
+        if logs and logs[0].stat().st_size > 0:
+            store = DataStore()
+            store.open_for_scan(str(logs[0]))
+            while (data := store.scan_data()) is not None:
+                record = pb.Record()
+                record.ParseFromString(data)
+                kind = record.WhichOneof("record_type")
+                if kind == "run":
+                    found["run"] = record.run
+                elif kind == "exit":
+                    found["complete"] = True
+                elif kind == "summary":
+                    for item in record.summary.update:
+                        found["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+                elif kind == "artifact":
+                    used = record.artifact.user_created and record.artifact.use_after_commit
+                    found["inputs" if used else "outputs"].append(record.artifact)
+        if found["complete"] or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

@@ -21,3 +21,9 @@ def tiny_mllm(tiny_model_cfg, tmp_path_factory):
     from pivotmerge.models.mllm import build_mllm
 
     return build_mllm(tiny_model_cfg, tmp_path_factory.mktemp("models-cache"), with_vision=True, seed=0)
+
+
+def pytest_configure(config):
+    # In conftest, not pyproject.toml: editing pyproject.toml makes `make` rebuild the whole .venv.
+    config.addinivalue_line("markers", "slow: runs the whole pipeline on tiny models (20 s or more); "
+                                       "`make test-fast` skips it")

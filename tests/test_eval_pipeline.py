@@ -202,3 +202,23 @@ def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, tiny_ml
     with pytest.raises(ConfigError, match="eval.workers"):
         ctx.cfg.eval.workers = 0
         stage.run(ctx)
+
+
+def test_suite_command_prints_the_suite_folder(tmp_path, capsys, monkeypatch):
+    """`pivotmerge suite --print-path <run.py overrides>`: the folder for `lmms-eval --include_path`."""
+    from pivotmerge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"paths.cache_dir={tmp_path / 'cache'}", "scenario.sources=[digits,words]", "data.split.train=24",
+                 "data.split.val=8", "data.split.test=8", "data.sources.words.count=60", "eval.suite.items_per_task=8"]
+    assert main(["suite", "--print-path", *overrides]) == 0
+    printed = capsys.readouterr().out.strip()
+    folder = Path(printed)
+    assert folder.parent == tmp_path / "cache" / "eval_suite" and (folder / "pm_mc_digits.yaml").is_file()
+    assert main(["suite", *overrides]) == 0       # reused: same folder, with its tasks and the lmms-eval command
+    shown = capsys.readouterr().out
+    assert f"suite folder: {folder}" in shown and "pm_cross_mc" in shown and f"--include_path {folder}" in shown
+    assert main(["suite", "--print-path", "eval=lmms_standard"]) == 2
+    assert "no suite folder" in capsys.readouterr().err
+    assert main(["suite", "--print-path", "eval=nope"]) == 2
+    assert "cannot compose the config" in capsys.readouterr().err

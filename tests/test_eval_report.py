@@ -114,3 +114,16 @@ def test_wandb_offline_run_holds_the_table_and_says_where(tmp_path, capsys, monk
     assert rows["merge:average"]["pm_pope"] is None                          # missing stays missing, not 0
     out = capsys.readouterr().out
     assert "W&B:" in out and "wandb sync" in out
+
+
+def test_units_are_named_in_the_store_and_the_csv():
+    from eval.stage import results_rows
+
+    lmms = {"results": {"pm_mc_digits": {"alias": "pm_mc_digits", "acc,none": 0.5, "acc_stderr,none": 0.1},
+                        "pm_mme": {"mme_score,none": 150.0, "acc,none": 0.6}}}
+    meta = {"pm_mc_digits": {"primary": "acc"}, "pm_mme": {"primary": "mme_score"}}
+    rows = results_rows(lmms, model="pivot", run="r", seed=0, experiment="t", task_meta=meta)
+    assert {(r["benchmark"], r["metric"]): r["unit"] for r in rows} == {
+        ("pm_mc_digits", "acc"): "fraction", ("pm_mme", "mme_score"): "score", ("pm_mme", "acc"): "fraction"}
+    header = to_csv(build_table(known_rows())).splitlines()[0].split(",")
+    assert {"pm_mc_digits_pct", "pm_pope_pct_std", "pm_mme_score", "Average_pct", "Norm._pct"} <= set(header)

@@ -134,3 +134,88 @@ def test_python_dash_m_entry_point(ckpts):
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "sign='max'" in r.stderr and "Traceback" not in r.stderr
     assert not (d / "x.pt").exists()
+
+
+# ---- merge files (--config), provenance, --force --------------------------------------------------------
+def write_yaml(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_merge_file_round_trips_with_its_provenance(ckpts, capsys, monkeypatch):
+    from pivotmerge.io import read_metadata, sha256_file
+
+    d, pivot, experts = ckpts
+    config = write_yaml(d / "merge.yaml", """
+method: task_arithmetic
+base: pivot.safetensors
+experts:
+  - path: e0.safetensors
+    weight: 0.5
+  - e1.bin
+  - {path: e2.safetensors, weight: 0}
+options: {lam: 1}
+out: merged.safetensors
+""")
+    monkeypatch.chdir(d.parent)   # paths in the file are relative to the file, not to the working directory
+    assert main(["merge", "--config", str(config)]) == 0
+    got = load_state_dict(d / "merged.safetensors")
+    # weights scale each task vector: pivot + 0.5 tau_0 + tau_1 + 0 tau_2 (task arithmetic, lam 1)
+    for k in pivot:
+        expected = pivot[k] + 0.5 * (experts[0][k] - pivot[k]) + (experts[1][k] - pivot[k])
+        assert torch.allclose(got[k], expected, atol=1e-6)
+    meta = read_metadata(d / "merged.safetensors")
+    assert meta["pivotmerge.method"] == "task_arithmetic"
+    assert json.loads(meta["pivotmerge.options"]) == {"lam": 1.0}
+    inputs = json.loads(meta["pivotmerge.inputs"])
+    assert inputs["base"]["sha256"] == sha256_file(d / "pivot.safetensors")
+    assert [(Path(e["path"]).name, e["sha256"], e["weight"]) for e in inputs["experts"]] == [
+        ("e0.safetensors", sha256_file(d / "e0.safetensors"), 0.5), ("e1.bin", sha256_file(d / "e1.bin"), 1.0),
+        ("e2.safetensors", sha256_file(d / "e2.safetensors"), 0.0)]
+    assert meta["pivotmerge.version"].startswith("pivotmerge ")
+    capsys.readouterr()
+    assert main(["info", str(d / "merged.safetensors")]) == 0
+    shown = capsys.readouterr().out
+    assert "method : task_arithmetic" in shown and "lam=1.0" in shown and "weight 0.5" in shown
+    assert inputs["base"]["sha256"] in shown and "made by: pivotmerge" in shown
+    # the same merge from flags gives the same tensors; flags and option=value override the file
+    assert main(["merge", "task_arithmetic", "--base", str(d / "pivot.safetensors"), "--experts",
+                 str(d / "e0.safetensors"), str(d / "e1.bin"), "--out", str(d / "flags.safetensors"), "lam=1"]) == 0
+    assert main(["merge", "--config", str(config), "--out", str(d / "over.safetensors"), "lam=0.5"]) == 0
+    over = load_state_dict(d / "over.safetensors")
+    assert json.loads(read_metadata(d / "over.safetensors")["pivotmerge.options"]) == {"lam": 0.5}
+    for k in pivot:
+        assert torch.allclose(over[k], pivot[k] + 0.5 * (got[k] - pivot[k]), atol=1e-6)
+
+
+def test_existing_output_needs_force(ckpts, capsys):
+    d, _, _ = ckpts
+    out = d / "m.safetensors"
+    out.write_bytes(b"keep me")
+    argv = ["merge", "average", "--base", str(d / "pivot.bin"), "--experts", str(d / "e0.bin"), str(d / "e1.bin"),
+            "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == b"keep me"
+    assert main([*argv, "--force"]) == 0 and load_state_dict(out)
+    assert main(["info", str(d / "e0.bin")]) == 0 and "provenance: none recorded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("method: ties\nbase: pivot.bin\nexperts: [e0.bin, e1.bin]\nout: o.bin\ndensty: 0.3\n", ["unknown key", "densty"]),
+    ("method: ties\nbase: pivot.bin\nexperts: [e0.bin, e1.bin]\nout: o.bin\noptions: {densty: 0.3}\n",
+     ["unknown option 'densty'", "density"]),
+    ("method: ties\nbase: pivot.bin\nexperts: [{path: e0.bin, weight: heavy}, e1.bin]\nout: o.bin\n",
+     ["experts[0].weight", "finite number"]),
+    ("method: ties\nbase: pivot.bin\nexperts: [{path: e0.bin, wieght: 2}, e1.bin]\nout: o.bin\n",
+     ["experts[0]", "wieght"]),
+    ("base: pivot.bin\nexperts: [e0.bin, e1.bin]\nout: o.bin\n", ["needs METHOD"]),
+    ("method: ties\nbase: pivot.bin\nexperts: [e0.bin, e1.bin]\n", ["--out"]),
+    ("method: ties\nbase: pivot.bin\nexperts: [e0.bin, nope.bin]\nout: o.bin\n", ["nope.bin", "not found"]),
+    ("[not, a, mapping]\n", ["expected a mapping"]),
+    ("method: ties\n  base: [\n", ["not valid YAML"]),
+])
+def test_bad_merge_files_fail_in_one_line(ckpts, capsys, text, needles):
+    d, _, _ = ckpts
+    _fails(["merge", "--config", str(write_yaml(d / "bad.yaml", text))], capsys, d / "o.bin", *needles)

@@ -32,6 +32,17 @@ def build_source(source_cfg) -> DataSource:
     return source
 
 
+def selected_sources(cfg) -> list[str]:
+    names = list(cfg.scenario.sources)
+    unknown = [n for n in names if n not in cfg.data.sources]
+    if unknown:
+        raise ConfigError(f"scenario.sources names {unknown}, which data={cfg.data.name} does not define; "
+                          f"available: {sorted(cfg.data.sources)}")
+    if not names:
+        raise ConfigError("scenario.sources is empty: name at least one data source")
+    return names
+
+
 def stratified_split(examples: list[Example], sizes: SplitSizes, seed: int) -> dict[str, list[Example]]:
     """Shuffle within each label, interleave labels, then cut test, val and train in that order.
 

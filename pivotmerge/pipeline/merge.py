@@ -23,6 +23,7 @@ from pivotmerge.merging.calibration import needs_of
 from pivotmerge.merging.registry import accepted_extras, check_options, conf_dir, import_target
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
+from pivotmerge.wandb_logging import log_stage_run
 
 
 def calibration_batch(ctx, per_source: int) -> dict[str, torch.Tensor]:
@@ -188,6 +189,7 @@ def run(ctx) -> None:
                 ctx.merged[name] = _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, experts,
                                                expert_names)
         ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
+    log_stage_run(cfg, ctx.store, "merge", f"merge-seed{int(cfg.seed)}", ctx.merged.values())
     if selections:
         path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
         path.write_text(json.dumps(selections, indent=2, default=str))

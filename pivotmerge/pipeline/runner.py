@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib
 import json
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +13,12 @@ from omegaconf import OmegaConf
 
 from pivotmerge.errors import ConfigError
 from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, library_version
-from pivotmerge.pipeline.data import build_source, run_data_stage
+from pivotmerge.pipeline.data import build_source, run_data_stage, selected_sources
 from pivotmerge.pipeline.features import SourceFeatures, load_source_features, run_features_stage
 from pivotmerge.pipeline.train import load_projector, run_training_stage, seeded_projector
 from pivotmerge.training import CaptionSource
+from pivotmerge.version import code_version
+from pivotmerge.wandb_logging import log_stage_run
 
 # Installed versions recorded in every run folder's run_info.json.
 RESULT_SHAPING_PACKAGES = ("torch", "transformers", "lightning", "lmms-eval", "datasets", "numpy", "hydra-core",
@@ -103,17 +104,6 @@ def model_spec(cfg) -> dict:
     return {"llm": cfg.model.llm, "projector": cfg.model.projector, "system_prompt": cfg.model.get("system_prompt")}
 
 
-def selected_sources(cfg) -> list[str]:
-    names = list(cfg.scenario.sources)
-    unknown = [n for n in names if n not in cfg.data.sources]
-    if unknown:
-        raise ConfigError(f"scenario.sources names {unknown}, which data={cfg.data.name} does not define; "
-                          f"available: {sorted(cfg.data.sources)}")
-    if not names:
-        raise ConfigError("scenario.sources is empty: name at least one data source")
-    return names
-
-
 def caption_source(ctx: Context, name: str, split: str, rows: int | None = None) -> CaptionSource:
     feats = ctx.features[name]
     n = feats.features[split].shape[0] if rows is None else min(rows, feats.features[split].shape[0])
@@ -145,6 +135,7 @@ def stage_data_and_features(ctx: Context) -> None:
         ctx.features[name] = load_source_features(ctx.store, name, artifact)
         shape = tuple(ctx.features[name].features["train"].shape)
         ctx.log.add("features", name, artifact, time.perf_counter() - started, f"train {shape}")
+    log_stage_run(cfg, ctx.store, "features", f"features-seed{cfg.seed}", ctx.feature_artifacts.values())
 
 
 def stage_pivot(ctx: Context, logger_factory) -> None:
@@ -196,17 +187,6 @@ def stage_experts(ctx: Context, logger_factory) -> None:
             train_cfg=with_steps(cfg.trainer, joint_steps), seed=int(cfg.seed) * 1000,
             logger_factory=logger_factory)
         ctx.log.add("joint", f"joint ({joint_steps} steps)", ctx.joint, time.perf_counter() - started)
-
-
-def code_version(root: Path) -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _quiet_libraries() -> None:

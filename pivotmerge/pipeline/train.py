@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from pivotmerge.errors import CacheError
 from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlignment, StageProgressBar
+from pivotmerge.wandb_logging import log_training_output
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -103,11 +104,6 @@ def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, st
             # Lightning turns Ctrl-C into a graceful stop: never commit an unfinished projector.
             raise KeyboardInterrupt(f"{stage} '{name}' stopped at step {trainer.global_step} of {steps}; "
                                     f"run the same command again to resume from {last}")
-        if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
-            try:
-                trainer.logger.experiment.finish()
-            except Exception:  # logging must never fail a finished training run
-                pass
         tokens = (steps - first_step) * int(train_cfg.batch_size) * trainer.world_size * _mean_tokens(mllm, datamodule)
         metrics.update({"train_seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 1),
                         "final_train_loss": _metric(trainer, "train/loss"),
@@ -117,9 +113,13 @@ def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, st
         if trainer.global_rank == 0:
             _save_and_commit(store, stage, key, spec, staging, mllm, metrics)
         trainer.strategy.barrier()
-        return Artifact(stage, key, store.folder(stage, key), reused=False)
-    folder = _save_and_commit(store, stage, key, spec, staging, mllm, metrics)
-    return Artifact(stage, key, folder, reused=False)
+        artifact = Artifact(stage, key, store.folder(stage, key), reused=False)
+    else:
+        artifact = Artifact(stage, key, _save_and_commit(store, stage, key, spec, staging, mllm, metrics),
+                            reused=False)
+    if steps > 0:
+        log_training_output(trainer.logger, store, artifact)   # the projector is the run's output
+    return artifact
 
 
 def _save_and_commit(store, stage, key, spec, staging, mllm, metrics) -> Path:
