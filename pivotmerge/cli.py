@@ -405,8 +405,6 @@ def _configure_stats(p: argparse.ArgumentParser) -> None:
 @subcommand("stats", help="calibration statistics of one expert's domain, for data-aware merges (--stats)",
             configure=_configure_stats)
 def run_stats(args: argparse.Namespace) -> int:
-    import torch
-
     from pivotmerge.io import load_state_dict
     from pivotmerge.merging.calibration import compute_stats, save_stats
 
@@ -427,7 +425,6 @@ def run_stats(args: argparse.Namespace) -> int:
     print(f"pivotmerge stats: {features.shape[0]} rows, {stats.counts[next(iter(stats.counts))]} tokens; Grams {layers}"
           f"; {0 if stats.inputs is None else stats.inputs.shape[0]} sampled tokens"
           f"{'; Fisher' if stats.fisher else ''} -> {out}")
-    del torch
     return 0
 
 

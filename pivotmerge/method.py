@@ -65,12 +65,16 @@ from pivotmerge.merging.ops import (
     finalize,
     float_keys,
     group_layers,
+    compute_dtype,
     kth_largest_1d,
+    mean_task_vector,
     summed_task_vector,
 )
 from pivotmerge.merging.registry import contract
 
 NAME = "pivotmerge"
+SDF_SPACES = ("task_vectors", "features")
+LAYER_INPUTS = ("merged", "own")
 RANK_MODES = ("ratio", "energy")
 FILTERS = ("none", "sign", "cosine")
 ALM_MODES = ("off", "data", "proxy")
@@ -190,6 +194,10 @@ def pivotmerge_merge(
     experts: Sequence[Mapping[str, Tensor]],
     *,
     sdf: bool,
+    sdf_space: str,
+    shared_threshold: float,
+    alpha: float,
+    layer_inputs: str,
     rank_mode: str,
     rank_ratio: float,
     energy: float,
@@ -203,10 +211,15 @@ def pivotmerge_merge(
     weight_range: Sequence[float],
     lam: float,
     calibration_loss: Callable[[dict[str, Tensor]], float] | None = None,
+    calibration: Sequence | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """PivotMerge (see the module docstring and docs/method.md for the equations and each option)."""
     sdf = check_bool(NAME, "sdf", sdf)
+    sdf_space = check_choice(NAME, "sdf_space", sdf_space, SDF_SPACES)
+    shared_threshold = check_number(NAME, "shared_threshold", shared_threshold, minimum=0.0)
+    alpha = check_fraction(NAME, "alpha", alpha)
+    layer_inputs = check_choice(NAME, "layer_inputs", layer_inputs, LAYER_INPUTS)
     rank_mode = check_choice(NAME, "rank_mode", rank_mode, RANK_MODES)
     rank_ratio = check_fraction(NAME, "rank_ratio", rank_ratio)
     energy = check_fraction(NAME, "energy", energy)
@@ -236,8 +249,18 @@ def pivotmerge_merge(
     if calibration_loss is not None and not callable(calibration_loss):
         raise MergeConfigError(f"{NAME}: calibration_loss must be callable")
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
+    stats = None
+    if sdf and sdf_space == "features":
+        from pivotmerge.merging.calibration import check_stats
+
+        stats = check_stats(calibration, len(experts), f"{NAME} (sdf_space=features)",
+                            inputs=layer_inputs == "merged")
 
     n_exp = len(experts)
+    feature_deltas = _feature_space_deltas(
+        pivot, experts, stats, shared_threshold=shared_threshold, filter_mode=filter_mode,
+        filter_threshold=filter_threshold, alpha=alpha, layer_inputs=layer_inputs,
+        diagnostics=diagnostics) if stats is not None else {}
     layers = group_layers(float_keys(pivot))
     delta: dict[str, Tensor] = {}
     proxy_scores: dict[str, float] = {}
@@ -261,6 +284,11 @@ def pivotmerge_merge(
         if not sdf:
             for key in keys:
                 delta[key] = summed_task_vector(pivot, experts, key)
+            continue
+        if stats is not None:
+            for key in keys:
+                delta[key] = feature_deltas.pop(key).to(compute_dtype(pivot[key].dtype)) if key in feature_deltas \
+                    else mean_task_vector(pivot, experts, key)
             continue
         # coefficient vectors over experts: shared update = a^T S, remainders rho = M S
         p_r, s_r = p_mat[:, :r], sigma[:r]
@@ -292,13 +320,104 @@ def pivotmerge_merge(
         diagnostics.update(
             method=NAME,
             options=dict(
-                sdf=sdf, rank_mode=rank_mode, rank_ratio=rank_ratio, energy=energy, filter=filter_mode,
+                sdf=sdf, sdf_space=sdf_space, shared_threshold=shared_threshold, alpha=alpha,
+                layer_inputs=layer_inputs, rank_mode=rank_mode, rank_ratio=rank_ratio, energy=energy, filter=filter_mode,
                 filter_threshold=filter_threshold, remainder_density=remainder_density, alm=alm,
                 alm_proxy=alm_proxy, alm_probe=alm_probe, temperature=temperature, weight_range=[lo, hi], lam=lam,
             ),
             layer_weights=dict(weights),
         )
     return finalize(pivot, merged)
+
+
+# ---- SDF in the feature space: where each domain's inputs live ------------------------------------------
+def _feature_space_deltas(pivot, experts, stats, *, shared_threshold: float, filter_mode: str,
+                          filter_threshold: float, alpha: float, layer_inputs: str,
+                          diagnostics: dict | None) -> dict[str, Tensor]:
+    """Per-key merged updates from the experts' own-domain input statistics (see docs/method.md):
+
+    per Linear layer, with each domain's input Gram G_k and Ghat_k = G_k / tr G_k, the eigenvectors u_i of
+    sum_k Ghat_k and each domain's energy e_ki = u_i^T Ghat_k u_i along them, direction i is SHARED when its
+    normalised participation (sum_k e_ki)^2 / (K sum_k e_ki^2), rescaled from [1/K, 1] to [0, 1], reaches
+    `shared_threshold`. Each task matrix splits into its action on the shared subspace and the rest:
+    tau_k = tau_k P_S + rho_k. On a shared direction the experts' output changes v_ki = tau_k u_i are merged
+    into one consensus (energy-weighted mean; `filter` suppresses conflicts: `sign` - per output coordinate only
+    the experts agreeing with the elected sign; `cosine` - the direction is dropped when the agreement
+    ||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is below `filter_threshold`). The domain-specific remainders are
+    merged by least squares on the domains' inputs (RegMean, Grams shrunk by `alpha`):
+        Delta = sum_{i in S} vbar_i u_i^T + (sum_k rho_k G_k') (sum_k G_k')^+.
+    No shared direction (threshold > 1) is RegMean; one expert gives its own task matrix.
+    `layer_inputs='merged'`: a later layer's Grams come from the domains' inputs pushed through the merged
+    earlier layers (as RegMean++), `'own'`: through each expert's own layers (as RegMean)."""
+    from pivotmerge.merging.calibration import (
+        apply_layer,
+        augmented_gram,
+        augmented_task_matrix,
+        layer_gram,
+        layer_keys,
+        linear_layers,
+        regmean_solve,
+        shrink,
+        split_update,
+    )
+
+    k = len(experts)
+    deltas: dict[str, Tensor] = {}
+    activations = [s.inputs.double() for s in stats] if layer_inputs == "merged" else None
+    layers = linear_layers(pivot)
+    for index, layer in enumerate(layers):
+        has_bias = layer_keys(layer)[1] in pivot
+        if index > 0 and layer_inputs == "merged":
+            grams = [augmented_gram(x) if has_bias else augmented_gram(x)[:-1, :-1] for x in activations]
+        else:
+            grams = [layer_gram(s, pivot, layer) for s in stats]
+        taus = [augmented_task_matrix(pivot, e, layer) for e in experts]
+        normalised = [g / torch.trace(g).clamp_min(1e-300) for g in grams]
+        evals, evecs = torch.linalg.eigh(sum(normalised))
+        energies = torch.stack([torch.einsum("di,de,ei->i", evecs, g, evecs) for g in normalised])   # [K, D]
+        total = energies.sum(0)
+        if k == 1:
+            sharedness = torch.ones_like(total)
+        else:
+            participation = total ** 2 / (k * (energies ** 2).sum(0)).clamp_min(1e-300)
+            sharedness = ((participation - 1 / k) / (1 - 1 / k)).clamp(0, 1)
+        shared = sharedness >= shared_threshold - 1e-12
+        u = evecs[:, shared]                                           # [D, r]
+        weights = energies[:, shared].clamp_min(0)                     # [K, r]
+        v = torch.stack([tau @ u for tau in taus])                     # [K, out, r]
+        consensus, suppressed = _filter_features(v, weights, filter_mode, filter_threshold)
+        shared_update = consensus @ u.T
+        remainders = [tau - (tau @ u) @ u.T for tau in taus]
+        specific = regmean_solve(remainders, [shrink(g, alpha) for g in grams]) if int(shared.sum()) < len(total) \
+            else torch.zeros_like(shared_update)
+        delta = shared_update + specific
+        deltas.update(split_update(pivot, layer, delta))
+        rec = diag_layer(diagnostics, layer or "linear")
+        rec.update(shared_directions=int(shared.sum()), input_dims=int(len(total)),
+                   shared_energy_fraction=float(total[shared].sum() / total.sum().clamp_min(1e-300)),
+                   shared_directions_suppressed=suppressed,
+                   mean_sharedness=float((sharedness * total).sum() / total.sum().clamp_min(1e-300)))
+        if activations is not None and index + 1 < len(layers):
+            current = {key: pivot[key].double() + deltas[key] for key in layer_keys(layer) if key in deltas}
+            activations = [torch.nn.functional.gelu(apply_layer(current, layer, x)) for x in activations]
+    return deltas
+
+
+def _filter_features(v: Tensor, weights: Tensor, mode: str, threshold: float) -> tuple[Tensor, int]:
+    """Consensus output change per shared direction [out, r] from the experts' [K, out, r] and their domain
+    energies [K, r]; and how many directions were suppressed."""
+    w = weights.unsqueeze(1)                                           # [K, 1, r]
+    weighted = (w * v).sum(0)
+    mean = weighted / weights.sum(0).clamp_min(1e-300)
+    if mode == "none":
+        return mean, 0
+    if mode == "sign":
+        elected = torch.where(weighted >= 0, 1.0, -1.0).to(v.dtype)
+        agree = (v * elected > 0).to(v.dtype) * w
+        return (agree * v).sum(0) / agree.sum(0).clamp_min(1e-300), 0
+    agreement = weighted.norm(dim=0) / (w * v).norm(dim=1).sum(0).clamp_min(1e-300)   # cosine mode
+    keep = agreement >= threshold
+    return mean * keep.to(v.dtype), int((~keep).sum())
 
 
 def _data_scores(

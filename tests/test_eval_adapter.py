@@ -147,4 +147,4 @@ def test_eval_configs_resolve():
     from eval.suite import suite_options
 
     options = suite_options(embedded.eval.suite)
-    assert options["kinds"] == ["mc", "pope", "mme", "open", "cross"]
+    assert options["kinds"] == ["cls", "nll", "mc", "pope", "mme", "open", "cross"]

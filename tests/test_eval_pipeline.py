@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from eval.suite import SuiteSource, build_documents, load_suite, suite_options, write_suite
+from eval.suite import SuiteSource, build_documents, load_suite, planned_task_names, suite_options, write_suite
 from pivotmerge.errors import ConfigError
 
 SOURCES = {"digits": ["one", "two", "three", "four", "five"], "animals": ["cat", "dog", "cow", "bear"],
@@ -41,8 +41,16 @@ def test_suite_is_deterministic_and_sized(tmp_path):
     first, second = build_documents(synthetic_sources(), options), build_documents(synthetic_sources(), options)
     assert first == second
     names = list(first)
-    assert names == ["pm_mc_digits", "pm_mc_animals", "pm_mc_words", "pm_pope", "pm_mme", "pm_open_digits",
-                     "pm_open_words", "pm_cross_mc"]
+    assert names == ["pm_cls_digits", "pm_cls_animals", "pm_cls_words", "pm_nll_digits", "pm_nll_animals",
+                     "pm_nll_words", "pm_mc_digits", "pm_mc_animals", "pm_mc_words", "pm_pope", "pm_mme",
+                     "pm_open_digits", "pm_open_words", "pm_cross_mc"]
+    assert names == planned_task_names(options, list(SOURCES))       # what the preflight checks names against
+    kind, rows = first["pm_cls_animals"]   # k-way over every label of the source, the true caption's index
+    vocab = sorted(set(SOURCES["animals"]))
+    assert kind == "cls" and all(len(r["choices"]) == len(vocab) for r in rows)
+    assert all(r["choices"][r["answer"]] == f"a white silhouette of a {r['label']}" for r in rows)
+    kind, rows = first["pm_nll_words"]
+    assert kind == "nll" and all(r["answer_text"] == f"a sign that reads {r['label']}" for r in rows)
     assert len(set(names)) == len(names) and all(n.startswith("pm_") for n in names)
     kind, rows = first["pm_mc_digits"]
     assert len(rows) == 12 and all(len(r["choices"]) == 4 and len(set(r["choices"])) == 4 for r in rows)
@@ -133,7 +141,7 @@ def test_eval_stage_and_report_end_to_end(tmp_path, tiny_mllm, tiny_model_cfg, m
     assert any("skipped" in r["note"] for r in ctx.log.rows if r["name"] == "merge:broken")
     assert (ctx.output_dir / "results" / "lmms" / "merge_average.json").is_file()
     primary = {r["benchmark"]: r["value"] for r in rows if r["model"] == "pivot" and r["primary"]}
-    assert len(primary) == 8
+    assert len(primary) == 14
     # a random projector is near chance
     for bench in ("pm_mc_digits", "pm_mc_animals", "pm_mc_words", "pm_cross_mc"):
         assert abs(primary[bench] - 0.25) <= 0.3, (bench, primary[bench])

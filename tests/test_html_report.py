@@ -75,7 +75,7 @@ def run_folder(tmp_path):
     pivot = {"0.weight": torch.randn(6, 4, generator=g), "0.bias": torch.randn(6, generator=g)}
     experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in pivot.items()} for _ in range(2)]
     diag = {}
-    merged = merge("pivotmerge", pivot, experts, diagnostics=diag)
+    merged = merge("pivotmerge_data_free", pivot, experts, diagnostics=diag)
     collect(pivot, experts, merged, diag)
     entry = tmp_path / "cache" / "merge" / "abc123"
     write_diagnostics(diag, entry / "diagnostics")

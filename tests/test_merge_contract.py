@@ -203,10 +203,17 @@ def test_cli_round_trip(name, tmp_path, capsys):
     for i, e in enumerate(experts):
         save_state_dict(e, tmp_path / f"e{i}.safetensors")
     out = tmp_path / "merged.safetensors"
+    stats_args, extra = [], {}
+    if "calibration" in accepted_extras(get_method(name)):
+        from pivotmerge.merging.calibration import save_stats
+
+        extra["calibration"] = [synthetic_stats(e, "fisher" in needs_of(get_method(name))) for e in experts]
+        stats_args = ["--stats"] + [str(save_stats(s, tmp_path / f"e{i}.stats.safetensors"))
+                                    for i, s in enumerate(extra["calibration"])]
     rc = main(["merge", name, "--base", str(tmp_path / "pivot.safetensors"), "--experts",
-               str(tmp_path / "e0.safetensors"), str(tmp_path / "e1.safetensors"), "--out", str(out)])
+               str(tmp_path / "e0.safetensors"), str(tmp_path / "e1.safetensors"), "--out", str(out), *stats_args])
     assert rc == 0, capsys.readouterr().err
-    got, ref = load_state_dict(out), merge(name, pivot, experts)
+    got, ref = load_state_dict(out), merge(name, pivot, experts, **extra)
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
     assert f"pivotmerge merge: {name}" in capsys.readouterr().out
 

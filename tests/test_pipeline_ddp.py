@@ -45,4 +45,4 @@ def test_pipeline_under_ddp_on_cpu(tmp_path):
     metrics = json.loads(next((cache / "expert").iterdir()).joinpath("metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["final_train_loss"] is not None
     stages = json.loads((tmp_path / "out" / "stages.json").read_text())
-    assert {r["stage"] for r in stages} == {"data", "features", "pivot", "expert", "merge"}
+    assert {r["stage"] for r in stages} == {"data", "features", "pivot", "expert", "merge", "lmc"}

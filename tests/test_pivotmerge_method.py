@@ -29,14 +29,14 @@ def vec(*xs):
 @pytest.mark.parametrize("extra", [{}, {"filter": "cosine", "rank_ratio": 0.9, "remainder_density": 0.1}])
 def test_all_components_off_is_exactly_task_arithmetic(lam, extra):
     pivot, experts = make(3)
-    a = merge("pivotmerge", pivot, experts, sdf=False, alm="off", lam=lam, **extra)
+    a = merge("pivotmerge_data_free", pivot, experts, sdf=False, alm="off", lam=lam, **extra)
     b = merge("task_arithmetic", pivot, experts, lam=lam)
     assert all(torch.equal(a[k], b[k]) for k in pivot)
 
 
 def test_full_shared_rank_without_filter_is_weight_averaging():
     pivot, experts = make(3)
-    a = merge("pivotmerge", pivot, experts, rank_ratio=1.0, filter="none", alm="off", lam=1.0)
+    a = merge("pivotmerge_data_free", pivot, experts, rank_ratio=1.0, filter="none", alm="off", lam=1.0)
     b = merge("average", pivot, experts)
     for k in pivot:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
@@ -44,7 +44,7 @@ def test_full_shared_rank_without_filter_is_weight_averaging():
 
 def test_zero_shared_rank_untrimmed_is_task_arithmetic():
     pivot, experts = make(3)
-    a = merge("pivotmerge", pivot, experts, rank_ratio=0.0, remainder_density=1.0, alm="off", lam=0.5)
+    a = merge("pivotmerge_data_free", pivot, experts, rank_ratio=0.0, remainder_density=1.0, alm="off", lam=0.5)
     b = merge("task_arithmetic", pivot, experts, lam=0.5)
     for k in pivot:
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6)
@@ -76,7 +76,7 @@ def orth_case():
 def test_known_answers_two_orthogonal_experts(opts, weight, bias):
     pivot, experts = orth_case()
     base = dict(rank_ratio=0.5, remainder_density=1.0, alm="off", lam=1.0)
-    m = merge("pivotmerge", pivot, experts, **{**base, **opts})
+    m = merge("pivotmerge_data_free", pivot, experts, **{**base, **opts})
     torch.testing.assert_close(m["l.weight"], torch.tensor(weight), rtol=0, atol=1e-6)
     torch.testing.assert_close(m["l.bias"], torch.tensor(bias), rtol=0, atol=1e-6)
 
@@ -87,9 +87,9 @@ def test_known_answer_sign_filter_threshold_suppresses_conflicting_direction():
     experts = [{"w": vec(3, 0)}, {"w": vec(-1, 0)}]
     kw = dict(rank_ratio=1.0, remainder_density=1.0, alm="off", lam=1.0)
     # sign: elected +, only 3 agrees -> 3; agreement |3-1|/(3+1) = 0.5
-    torch.testing.assert_close(merge("pivotmerge", pivot, experts, filter="sign", **kw)["w"], vec(3, 0))
-    torch.testing.assert_close(merge("pivotmerge", pivot, experts, filter="none", **kw)["w"], vec(1, 0))
-    m = merge("pivotmerge", pivot, experts, filter="sign", filter_threshold=0.6, **kw)
+    torch.testing.assert_close(merge("pivotmerge_data_free", pivot, experts, filter="sign", **kw)["w"], vec(3, 0))
+    torch.testing.assert_close(merge("pivotmerge_data_free", pivot, experts, filter="none", **kw)["w"], vec(1, 0))
+    m = merge("pivotmerge_data_free", pivot, experts, filter="sign", filter_threshold=0.6, **kw)
     torch.testing.assert_close(m["w"], vec(0, 0))
 
 
@@ -98,7 +98,7 @@ def test_known_answer_alm_proxy_weights():
     pivot = {"a.w": torch.zeros(2), "b.w": torch.zeros(2)}
     experts = [{"a.w": vec(1, 1), "b.w": vec(1, 0)}, {"a.w": vec(1, 1), "b.w": vec(0, 1)}]
     diag = {}
-    m = merge("pivotmerge", pivot, experts, sdf=False, alm="proxy", temperature=0.5, weight_range=[0.5, 1.0],
+    m = merge("pivotmerge_data_free", pivot, experts, sdf=False, alm="proxy", temperature=0.5, weight_range=[0.5, 1.0],
               lam=1.0, diagnostics=diag)
     w_b = 0.5 + 0.5 * math.exp((0.5 - 1.0) / 0.5)
     assert diag["layer_weights"]["a"] == pytest.approx(1.0)
@@ -120,7 +120,7 @@ def test_alm_data_prefers_layer_whose_update_lowers_the_loss(probe):
         return float(-sd["0.weight"].sum() - sd["0.bias"].sum() + sd["2.weight"].sum())
 
     diag = {}
-    merge("pivotmerge", pivot, experts, alm="data", alm_probe=probe, calibration_loss=loss, diagnostics=diag)
+    merge("pivotmerge_data_free", pivot, experts, alm="data", alm_probe=probe, calibration_loss=loss, diagnostics=diag)
     w = diag["layer_weights"]
     assert w["0"] == pytest.approx(1.0) and w["2"] < 0.6
     assert diag["layers"]["0"]["alm_loss_gain"] > 0 > diag["layers"]["2"]["alm_loss_gain"]
@@ -130,22 +130,22 @@ def test_alm_data_prefers_layer_whose_update_lowers_the_loss(probe):
 def test_alm_data_without_loss_and_bad_loss():
     pivot, experts = make(2)
     with pytest.raises(MergeConfigError, match="alm=data needs a calibration_loss"):
-        merge("pivotmerge", pivot, experts, alm="data")
+        merge("pivotmerge_data_free", pivot, experts, alm="data")
     with pytest.raises(MergeInputError, match="calibration_loss returned nan"):
-        merge("pivotmerge", pivot, experts, alm="data", calibration_loss=lambda sd: float("nan"))
+        merge("pivotmerge_data_free", pivot, experts, alm="data", calibration_loss=lambda sd: float("nan"))
 
 
 # -------------------------------------------------------------------------------- invariants
 def test_one_expert_gives_pivot_plus_lam_tau():
     pivot, experts = make(1)
-    m = merge("pivotmerge", pivot, experts, lam=0.6)  # defaults: sdf, sign filter, proxy ALM (weights 1)
+    m = merge("pivotmerge_data_free", pivot, experts, lam=0.6)  # defaults: sdf, sign filter, proxy ALM (weights 1)
     for k in pivot:
         torch.testing.assert_close(m[k], pivot[k] + 0.6 * (experts[0][k] - pivot[k]), rtol=1e-6, atol=1e-6)
 
 
 def test_identical_experts_merge_to_themselves():
     pivot, experts = make(1)
-    m = merge("pivotmerge", pivot, [experts[0]] * 4)
+    m = merge("pivotmerge_data_free", pivot, [experts[0]] * 4)
     for k in pivot:
         torch.testing.assert_close(m[k], experts[0][k], rtol=1e-5, atol=1e-5)
 
@@ -153,8 +153,8 @@ def test_identical_experts_merge_to_themselves():
 @pytest.mark.parametrize("opts", [{}, {"filter": "cosine"}, {"rank_mode": "energy", "filter": "none"}])
 def test_permutation_invariance(opts):
     pivot, experts = make(4)
-    a = merge("pivotmerge", pivot, experts, **opts)
-    b = merge("pivotmerge", pivot, [experts[i] for i in (2, 0, 3, 1)], **opts)
+    a = merge("pivotmerge_data_free", pivot, experts, **opts)
+    b = merge("pivotmerge_data_free", pivot, [experts[i] for i in (2, 0, 3, 1)], **opts)
     for k in pivot:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
 
@@ -169,7 +169,7 @@ def test_any_projector_and_dtype(dtype):
     pivot = {k: torch.randn(s, generator=g).to(dtype) for k, s in shapes.items()}
     experts = [{k: v + torch.randn(v.shape, generator=g).to(dtype) for k, v in pivot.items()} for _ in range(3)]
     diag = {}
-    m = merge("pivotmerge", pivot, experts, diagnostics=diag)
+    m = merge("pivotmerge_data_free", pivot, experts, diagnostics=diag)
     assert list(m) == list(pivot) and all(m[k].dtype == dtype and m[k].shape == pivot[k].shape for k in m)
     assert set(diag["layer_weights"]) == {"model.mm_projector.0", "model.mm_projector.2", "model.mm_projector.4",
                                           "norm", "conv", "scalar"}
@@ -184,14 +184,14 @@ def test_any_projector_and_dtype(dtype):
 def test_bad_options(opts, msg):
     pivot, experts = make(2)
     with pytest.raises(MergeConfigError, match=msg):
-        merge("pivotmerge", pivot, experts, **opts)
+        merge("pivotmerge_data_free", pivot, experts, **opts)
 
 
 # -------------------------------------------------------------------------------- diagnostics
 def test_diagnostics_collect_and_write(tmp_path):
     pivot, experts = make(3, prefix="model.mm_projector.")
     diag = {}
-    m = merge("pivotmerge", pivot, experts, diagnostics=diag)
+    m = merge("pivotmerge_data_free", pivot, experts, diagnostics=diag)
     collect(pivot, experts, m, diag)
     rec = diag["layers"]["model.mm_projector.0"]
     assert len(rec["tau_spectra"]) == 3 and len(rec["tau_spectra"][0]) == 5  # (6, 4 + bias column)

@@ -207,12 +207,13 @@ def save_stats(stats: ExpertStats, path: str | os.PathLike) -> Path:
 
 def load_stats(path: str | os.PathLike) -> ExpertStats:
     from safetensors import safe_open
+    from safetensors.torch import load
 
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        tensors = load(path.read_bytes())   # in memory, not mmapped
     except Exception as exc:   # missing, truncated or not safetensors
         raise MergeInputError(f"{path}: cannot read calibration statistics ({type(exc).__name__}); write them "
                               "with `pivotmerge stats`") from exc

@@ -49,7 +49,7 @@ def convert_smollm2(cache_dir: str | os.PathLike) -> Path:
 
     if intact():
         return target
-    with key_lock(target.with_name(target.name + ".lock"), "the SmolLM2 conversion"):
+    with key_lock(target.parent / ".locks" / f"{target.name}.lock", "the SmolLM2 conversion"):
         if intact():
             return target
         _convert_smollm2_into(target)

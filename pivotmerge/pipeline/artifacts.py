@@ -187,7 +187,7 @@ class ArtifactStore:
         if not lock:
             yield self.begin(stage, key)
             return
-        with key_lock(self.root / stage / f"{key}.lock", f"{stage}/{key}"):
+        with key_lock(self.root / ".locks" / stage / f"{key}.lock", f"{stage}/{key}"):
             yield None if self.exists(stage, key) else self.begin(stage, key)
 
     def begin(self, stage: str, key: str) -> Path:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from tqdm.auto import tqdm
 
 from pivotmerge.errors import CacheError
@@ -53,7 +53,9 @@ def load_source_features(store: ArtifactStore, name: str, artifact: Artifact) ->
     features, labels = {}, {}
     for split in SPLITS:
         try:
-            features[split] = load_file(str(folder / f"{split}.safetensors"))["features"]
+            # read into memory, not memory-mapped: a cache file replaced later must not pull pages from
+            # under tensors this process still holds (SIGBUS)
+            features[split] = load((folder / f"{split}.safetensors").read_bytes())["features"]
             labels[split] = json.loads((folder / f"{split}.labels.json").read_text())
         except Exception as exc:
             raise CacheError(f"cannot read cached features in {folder}: {exc}; delete that folder and run "

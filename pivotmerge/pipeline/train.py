@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from pivotmerge.errors import CacheError
 from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
@@ -20,7 +20,7 @@ PROJECTOR_FILE = "projector.safetensors"
 def load_projector(store: ArtifactStore, artifact: Artifact) -> dict[str, torch.Tensor]:
     folder = store.verify(artifact.stage, artifact.key)
     try:
-        return load_file(str(folder / PROJECTOR_FILE))
+        return load((folder / PROJECTOR_FILE).read_bytes())   # in memory, not mmapped (see features.py)
     except Exception as exc:
         raise CacheError(f"cannot read {folder / PROJECTOR_FILE}: {exc}; delete {folder} and run again") from exc
 

@@ -1,0 +1,185 @@
+"""Data-aware merging: calibration statistics, RegMean(++), Fisher, learned coefficients and PivotMerge's
+feature-space reading - known answers and reductions on small layers whose domains are chosen by hand."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pivotmerge.merging import merge
+from pivotmerge.merging.calibration import (
+    ExpertStats,
+    compute_stats,
+    layer_inputs,
+    load_stats,
+    projector_forward,
+    save_stats,
+)
+
+D_IN, HIDDEN, D_OUT = 6, 5, 4
+
+
+def projector(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"0.weight": scale * torch.randn(HIDDEN, D_IN, generator=g), "0.bias": scale * torch.randn(HIDDEN, generator=g),
+            "2.weight": scale * torch.randn(D_OUT, HIDDEN, generator=g), "2.bias": scale * torch.randn(D_OUT, generator=g)}
+
+
+def plus(a, b):
+    return {k: a[k] + b[k] for k in a}
+
+
+def domain(dims: list[int], n: int = 200, seed: int = 0) -> torch.Tensor:
+    """Inputs that live on the given coordinates only (a domain's own subspace of the input space)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, D_IN)
+    x[:, dims] = torch.randn(n, len(dims), generator=g)
+    return x - x.mean(0)   # centred: the bias column is orthogonal to every domain's own directions
+
+
+def linear_case():
+    """One Linear layer (LLaVA's `linear` projector): experts on disjoint input coordinates."""
+    g = torch.Generator().manual_seed(1)
+    pivot = {"weight": torch.randn(D_OUT, D_IN, generator=g), "bias": torch.zeros(D_OUT)}
+    experts = [{"weight": pivot["weight"] + torch.randn(D_OUT, D_IN, generator=g), "bias": torch.zeros(D_OUT)}
+               for _ in range(2)]
+    inputs = [domain([0, 1, 2], seed=2), domain([3, 4, 5], seed=3)]
+    stats = [compute_stats(e, x) for e, x in zip(experts, inputs)]
+    return pivot, experts, inputs, stats
+
+
+def test_stats_hold_the_grams_of_each_layers_inputs_and_round_trip(tmp_path):
+    expert = projector(0)
+    x = domain([0, 1, 2, 3])
+    stats = compute_stats(expert, x.reshape(20, 10, D_IN), sample_tokens=50)
+    for layer, inputs in layer_inputs(expert, x).items():
+        aug = torch.cat([inputs.double(), torch.ones(len(inputs), 1, dtype=torch.float64)], 1)
+        torch.testing.assert_close(stats.grams[layer], aug.T @ aug)
+        assert stats.counts[layer] == 200
+    assert stats.inputs.shape == (50, D_IN)
+    again = load_stats(save_stats(stats, tmp_path / "a.safetensors"))
+    assert all(torch.equal(again.grams[k], stats.grams[k]) for k in stats.grams) and again.counts == stats.counts
+
+
+def test_regmean_reproduces_every_expert_on_its_own_domain_when_domains_are_orthogonal():
+    pivot, experts, inputs, stats = linear_case()
+    merged = merge("regmean", pivot, experts, alpha=1.0, calibration=stats)
+    for expert, x in zip(experts, inputs):
+        torch.testing.assert_close(projector_forward(merged, x), projector_forward(expert, x), atol=1e-4, rtol=1e-4)
+    averaged = merge("average", pivot, experts)
+    assert (projector_forward(averaged, inputs[0]) - projector_forward(experts[0], inputs[0])).abs().max() > 0.1
+
+
+def test_regmean_with_identical_grams_is_averaging():
+    pivot, experts, _, _ = linear_case()
+    full = compute_stats(experts[0], domain(list(range(D_IN))), sample_tokens=100)   # every input direction used
+    same = [full, full]
+    for name in ("regmean", "regmean_plusplus"):
+        got = merge(name, pivot, experts, alpha=0.7, calibration=same)
+        ref = merge("average", pivot, experts)
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5)
+
+
+def test_regmean_plusplus_sees_the_merged_first_layer():
+    pivot = projector(0)
+    experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2)]
+    x = [domain([0, 1, 2], seed=4), domain([2, 3, 4, 5], seed=5)]
+    stats = [compute_stats(e, xi, sample_tokens=200) for e, xi in zip(experts, x)]
+    plain = merge("regmean", pivot, experts, alpha=1.0, calibration=stats)
+    plus_plus = merge("regmean_plusplus", pivot, experts, alpha=1.0, calibration=stats)
+    torch.testing.assert_close(plus_plus["0.weight"], plain["0.weight"], atol=1e-5, rtol=1e-5)   # same layer 0
+    assert (plus_plus["2.weight"] - plain["2.weight"]).abs().max() > 1e-3                      # not layer 2
+    # layer 2 of RegMean++ is the least-squares fit on what the merged layer 0 feeds it
+    h = [torch.nn.functional.gelu(xi @ plus_plus["0.weight"].T + plus_plus["0.bias"]) for xi in x]
+    targets = [hi @ e["2.weight"].T + e["2.bias"] for hi, e in zip(h, experts)]
+    err = lambda w, b: sum(((hi @ w.T + b - t) ** 2).sum() for hi, t in zip(h, targets))  # noqa: E731
+    assert err(plus_plus["2.weight"], plus_plus["2.bias"]) <= err(plain["2.weight"], plain["2.bias"]) + 1e-6
+
+
+def test_fisher_merging_known_answer():
+    pivot = {"w": torch.zeros(3)}
+    experts = [{"w": torch.tensor([1.0, 1.0, 1.0])}, {"w": torch.tensor([3.0, 3.0, 3.0])}]
+    fisher = [{"w": torch.tensor([1.0, 3.0, 0.0])}, {"w": torch.tensor([1.0, 1.0, 0.0])}]
+    stats = [ExpertStats({}, {}, None, f) for f in fisher]
+    got = merge("fisher", pivot, experts, fisher_floor=0.0, lam=1.0, calibration=stats)["w"]
+    torch.testing.assert_close(got, torch.tensor([2.0, 1.5, 2.0]))   # equal weights / 3:1 / nothing -> average
+
+
+def test_learned_coefficients_reach_the_least_squares_optimum_of_a_linear_layer():
+    """For one Linear layer the objective is quadratic in the coefficients: the fit must find its minimum."""
+    pivot, experts, inputs, _ = linear_case()
+    stats = [compute_stats(e, x, sample_tokens=200) for e, x in zip(experts, inputs)]
+    diag = {}
+    merge("adamerging", pivot, experts, init=0.3, steps=400, lr=0.05, chunks=1, batch_tokens=200, seed=0,
+          calibration=stats, diagnostics=diag)
+    fitted = torch.tensor(diag["coefficients"]).reshape(-1)
+    # sum_k ||X_k (sum_j l_j tau_j - tau_k)^T||^2 / ||X_k tau_k^T||^2 (inputs with a 1 for the bias)
+    rows, target = [], []
+    for x, expert in zip(inputs, experts):
+        xa = torch.cat([x, torch.ones(len(x), 1)], 1)
+        outs = [xa @ torch.cat([e["weight"] - pivot["weight"], (e["bias"] - pivot["bias"])[:, None]], 1).T
+                for e in experts]
+        own = xa @ torch.cat([expert["weight"] - pivot["weight"], (expert["bias"] - pivot["bias"])[:, None]], 1).T
+        scale = own.pow(2).sum(-1).mean().sqrt() * len(x) ** 0.5
+        rows.append(torch.stack([o.reshape(-1) for o in outs], 1) / scale)
+        target.append(own.reshape(-1) / scale)
+    optimum = torch.linalg.lstsq(torch.cat(rows), torch.cat(target)).solution
+    torch.testing.assert_close(fitted, optimum, atol=2e-2, rtol=0)
+    assert diag["fit_loss_first_last"][1] < diag["fit_loss_first_last"][0]
+
+
+# ---- PivotMerge, feature-space reading ---------------------------------------------------------------------
+def pm(pivot, experts, stats, **opts):
+    base = dict(sdf_space="features", filter="none", alm="off", lam=1.0, layer_inputs="own", alpha=1.0)
+    return merge("pivotmerge", pivot, experts, calibration=stats, **{**base, **opts})
+
+
+def test_without_shared_directions_pivotmerge_is_regmean():
+    pivot = projector(0)
+    experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2, 3)]
+    stats = [compute_stats(e, domain([i, i + 1, i + 2], seed=i), sample_tokens=100) for i, e in enumerate(experts)]
+    got = pm(pivot, experts, stats, shared_threshold=1.5, alpha=0.8)
+    ref = merge("regmean", pivot, experts, alpha=0.8, lam=1.0, calibration=stats)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5)
+
+
+def test_disjoint_domains_have_no_shared_direction_and_keep_each_expert():
+    pivot, experts, inputs, stats = linear_case()
+    diag = {}
+    merged = pm(pivot, experts, stats, shared_threshold=0.5, diagnostics=diag)
+    assert diag["layers"]["linear"]["shared_directions"] == 1   # only the bias column is used by both domains
+    for expert, x in zip(experts, inputs):
+        torch.testing.assert_close(projector_forward(merged, x), projector_forward(expert, x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_shared_direction_gets_the_experts_consensus_or_is_filtered_out():
+    """Two domains use input coordinate 0 equally (shared) and one coordinate of their own each."""
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    # exactly orthogonal columns (and orthogonal to the bias's column of ones): no sampling correlations
+    q, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1), torch.randn(n, 3, generator=g)], 1))
+    common, own_a, own_b = (q[:, i:i + 1] * n ** 0.5 for i in (1, 2, 3))
+    x_a = torch.cat([common, own_a, torch.zeros(n, 1)], 1)
+    x_b = torch.cat([common, torch.zeros(n, 1), own_b], 1)
+    pivot = {"weight": torch.zeros(1, 3)}
+    agree = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[1.0, 0.0, 3.0]])}]
+    conflict = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[-1.0, 0.0, 3.0]])}]
+
+    def stats_of(experts):
+        return [compute_stats(e, x) for e, x in zip(experts, (x_a, x_b))]
+
+    merged = pm(pivot, agree, stats_of(agree), shared_threshold=0.9)["weight"]
+    torch.testing.assert_close(merged, torch.tensor([[1.0, 2.0, 3.0]]), atol=2e-2, rtol=0)
+    kept = pm(pivot, conflict, stats_of(conflict), shared_threshold=0.9)["weight"]
+    filtered = pm(pivot, conflict, stats_of(conflict), shared_threshold=0.9, filter="cosine",
+                  filter_threshold=0.5)["weight"]
+    assert abs(float(kept[0, 0])) < 0.1 and abs(float(filtered[0, 0])) < 0.1   # they cancel either way
+    torch.testing.assert_close(filtered[0, 1:], torch.tensor([2.0, 3.0]), atol=5e-2, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["regmean", "regmean_plusplus", "fisher", "adamerging", "pivotmerge"])
+def test_data_aware_methods_without_statistics_say_what_to_pass(name):
+    pivot = projector(0)
+    with pytest.raises(Exception, match="calibration statistics|--stats"):
+        merge(name, pivot, [plus(pivot, projector(1, 0.1))])
