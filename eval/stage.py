@@ -166,10 +166,10 @@ def _worker_start(model_cfg, models_dir, seed, threads, adapter_args, sources, m
 
     from eval.lmms_model import PivotMergeLMM
     from pivotmerge.models.mllm import build_mllm
-    from pivotmerge.pipeline.runner import _quiet_libraries
+    from pivotmerge.logs import quiet_libraries
 
     torch.set_num_threads(threads)
-    _quiet_libraries()
+    quiet_libraries()
     mllm = build_mllm(OmegaConf.create(model_cfg), models_dir, seed=seed, with_vision=with_vision)
     adapter = PivotMergeLMM(mllm=mllm, progress=False, **adapter_args)
     prefill_features(adapter, sources)

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pivotmerge.errors import ConfigError
 
-STAGES = ("data", "features", "pivot", "experts", "merge", "eval", "report")
 PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
               "transformer-engine")
 
@@ -219,6 +218,8 @@ def check_schema(node, schema, prefix: str) -> None:
 
 # ---- cross-key rules ---------------------------------------------------------------------------------
 def _check_stages_and_steps(cfg) -> None:
+    from pivotmerge.pipeline.stages import STAGE_NAMES as STAGES, plan
+
     stages = list(cfg.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
@@ -226,11 +227,11 @@ def _check_stages_and_steps(cfg) -> None:
                     f"stages are {', '.join(STAGES)}, in that order")
     if cfg.report.get("only", False):
         return
-    trains_pivot = any(s in stages for s in ("pivot", "experts", "merge", "eval"))
-    if trains_pivot and cfg.scenario.pivot.init == "warmup" and int(cfg.scenario.pivot.steps) < 1:
+    planned = [stage.name for stage in plan(stages)]
+    if "pivot" in planned and cfg.scenario.pivot.init == "warmup" and int(cfg.scenario.pivot.steps) < 1:
         raise _fail("scenario.pivot.steps", cfg.scenario.pivot.steps, "must be >= 1 for a warm-up pivot",
                     "or scenario.pivot.init=seeded for the untrained seeded projector")
-    if any(s in stages for s in ("experts", "merge", "eval")) and int(cfg.scenario.experts.steps) < 1:
+    if "experts" in planned and int(cfg.scenario.experts.steps) < 1:
         raise _fail("scenario.experts.steps", cfg.scenario.experts.steps,
                     "must be >= 1: experts with no training would equal the pivot", "e.g. 60")
 

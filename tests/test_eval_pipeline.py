@@ -82,7 +82,7 @@ def make_context(tmp_path, mllm, model_cfg):
 
     from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
     from pivotmerge.pipeline.features import SourceFeatures
-    from pivotmerge.pipeline.runner import Context, StageLog
+    from pivotmerge.pipeline.context import Context, StageLog
 
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({

@@ -103,3 +103,16 @@ def load_dataset_dict(folder: Path):
         return load_from_disk(str(Path(folder) / "dataset"))
     except Exception as exc:
         raise DataError(f"cannot read the dataset in {folder}: {exc}; delete that folder to rebuild it") from exc
+
+
+def run(ctx) -> None:
+    """Stage entry: each selected source's dataset (built once, then reused from the cache)."""
+    import time
+
+    for name in selected_sources(ctx.cfg):
+        source_cfg = ctx.cfg.data.sources[name]
+        ctx.source_cfgs[name] = source_cfg
+        ctx.sources[name] = build_source(source_cfg)
+        started = time.perf_counter()
+        ctx.data[name] = run_data_stage(ctx.store, name, source_cfg, ctx.cfg.data.split)
+        ctx.log.add("data", name, ctx.data[name], time.perf_counter() - started)

@@ -64,3 +64,28 @@ def load_source_features(store: ArtifactStore, name: str, artifact: Artifact) ->
             raise CacheError(f"{folder}: {split} has {features[split].shape[0]} feature rows but "
                              f"{len(labels[split])} labels; delete that folder and run again")
     return SourceFeatures(name, features, labels)
+
+
+def run(ctx) -> None:
+    """Stage entry: every source's visual tokens from the frozen tower (built only when something is new)."""
+    import time
+
+    from pivotmerge.wandb_logging import log_stage_run
+
+    tower = {}
+
+    def tower_factory():
+        if "t" not in tower:
+            from pivotmerge.models.vision import build_vision_tower
+
+            tower["t"] = build_vision_tower(ctx.cfg.model.vision)
+        return tower["t"]
+
+    for name, data_artifact in ctx.data.items():
+        started = time.perf_counter()
+        artifact = run_features_stage(ctx.store, name, data_artifact, ctx.cfg.model.vision, tower_factory)
+        ctx.feature_artifacts[name] = artifact
+        ctx.features[name] = load_source_features(ctx.store, name, artifact)
+        shape = tuple(ctx.features[name].features["train"].shape)
+        ctx.log.add("features", name, artifact, time.perf_counter() - started, f"train {shape}")
+    log_stage_run(ctx.cfg, ctx.store, "features", f"features-seed{ctx.cfg.seed}", ctx.feature_artifacts.values())

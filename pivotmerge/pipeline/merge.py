@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from pivotmerge.errors import ConfigError
 from pivotmerge.merging.calibration import needs_of
+from pivotmerge.models.mllm import projector_swapped
 from pivotmerge.merging.registry import accepted_extras, check_options, conf_dir, import_target
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
@@ -52,12 +53,8 @@ def make_calibration_loss(ctx, per_source: int):
 
     @torch.no_grad()
     def calibration_loss(state: dict[str, torch.Tensor]) -> float:
-        original = {k: v.clone() for k, v in mllm.projector.state_dict().items()}
-        try:
-            mllm.projector.load_state_dict(state)
+        with projector_swapped(mllm, state):
             sums, counts = mllm.answer_logprobs(**batch)
-        finally:
-            mllm.projector.load_state_dict(original)
         losses = [-(sums[source_of_row == s].sum() / counts[source_of_row == s].sum()).item()
                   for s in range(len(ctx.features))]
         return sum(losses) / len(losses)

@@ -15,6 +15,29 @@ from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlign
 from pivotmerge.wandb_logging import log_training_output
 
 PROJECTOR_FILE = "projector.safetensors"
+# Trainer settings that shape a projector (part of every training stage's cache key).
+TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "warmup_ratio", "accumulate_grad_batches", "precision")
+
+
+def with_steps(trainer_cfg, steps: int):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({**OmegaConf.to_container(trainer_cfg, resolve=True), "steps": steps})
+
+
+def train_spec(cfg) -> dict:
+    return {k: cfg.trainer[k] for k in TRAIN_KEYS}
+
+
+def model_spec(cfg) -> dict:
+    return {"llm": cfg.model.llm, "projector": cfg.model.projector, "system_prompt": cfg.model.system_prompt}
+
+
+def caption_source(ctx, name: str, split: str, rows: int | None = None) -> CaptionSource:
+    feats = ctx.features[name]
+    n = feats.features[split].shape[0] if rows is None else min(rows, feats.features[split].shape[0])
+    return CaptionSource(name, feats.features[split][:n], feats.labels[split][:n],
+                         list(ctx.sources[name].caption_templates))
 
 
 def load_projector(store: ArtifactStore, artifact: Artifact) -> dict[str, torch.Tensor]:
