@@ -62,10 +62,10 @@ def iso_cts_matrix(delta: Tensor, taus: Sequence[Tensor], fraction: float) -> tu
     k_experts = len(taus)
     k_c, n_t = split_ranks(min(m, n), k_experts, fraction)
     if m <= n:
-        # Delta's left Gram (m x m) gives a complete basis [U_c, U_perp] of R^m. Each task's residual
+        # Delta's complete left basis [U_c, U_perp] of R^m: each task's residual
         # (I - U_c U_c^T) tau = U_perp (U_perp^T tau) lives in span(U_perp), so its SVD is that of the small
         # (m - k_c) x n matrix U_perp^T tau, and the polar factor of [U_perp A, U_c] is [U_perp polar(A), U_c].
-        u, s, v = thin_svd(delta, gram_side="left", complete=True)
+        u, s, v = thin_svd(delta, complete=True)
         del delta
         coords, ss, vs = [], [], []
         for i in range(k_experts):

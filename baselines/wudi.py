@@ -82,8 +82,7 @@ class Quadratic:
                 self.used += 1
                 del g
             del t64
-        del first
-        self.a = (self.a + self.a.T).mul_(0.5)  # exactly symmetric (GEMM rounding is not)
+        del first  # A's GEMM rounding leaves it asymmetric at 1e-16; Cholesky reads one triangle only
 
     def value(self, t: Tensor) -> float:
         t = t.double()

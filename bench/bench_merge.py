@@ -219,12 +219,14 @@ def main() -> int:
         print(json.dumps(worker(args.worker, args.experts, args.repeats)))
         return 0
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    rows = []
+    rows, failed = [], {}
     for name in args.methods:
         r = subprocess.run([sys.executable, __file__, "--worker", name, "--experts", str(args.experts),
                             "--repeats", str(args.repeats)], capture_output=True, text=True, env=env, cwd=REPO)
         if r.returncode != 0:
             print(f"{name}: failed\n{r.stderr[-2000:]}", file=sys.stderr)
+            # a reference that fails at these shapes is a result too (e.g. LAPACK's SVD not converging)
+            failed[name] = [line for line in r.stderr.strip().splitlines() if line.strip()][-3:]
             continue
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(f"  ran {name}: {rows[-1]['time_s']:.2f}s", file=sys.stderr)
@@ -246,6 +248,8 @@ def main() -> int:
               f"{r['peak_over_input']:>16.2f}x {r['extra_over_input']:>13.2f}x")
     if any(r.get("extrapolated") for r in rows):
         print("* extrapolated from 1 and 3 steps: setup + 300 x time per step")
+    for name, lines in failed.items():
+        print(f"{METHODS[name][0]:<42} failed: {' '.join(x.strip(' │') for x in lines)}")
     checks = {}
     for name in ("ties_tensor", "ties_global"):
         if name in by and by[name]["ratio_to_reference"] is not None:
@@ -263,7 +267,8 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"shapes": {k: list(v) for k, v in SHAPES.items()}, "experts": args.experts, "dtype": "float32",
                "repeats": args.repeats, "cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(), "loadavg_1min_at_end": os.getloadavg()[0], "results": rows, "targets": checks,
+               "python": platform.python_version(), "loadavg_1min_at_end": os.getloadavg()[0], "results": rows,
+               "failed": failed, "targets": checks,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2))

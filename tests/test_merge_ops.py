@@ -29,7 +29,7 @@ def test_fast_kth_largest_is_exact(case):
     assert kth_largest_1d(x, 0) == float("inf") and kth_largest_1d(x, n) == float("-inf")
 
 
-@pytest.mark.parametrize("shape", [(9, 5), (5, 9), (7, 7)])
+@pytest.mark.parametrize("shape", [(9, 5), (5, 9), (7, 7), (15, 4), (4, 15)])  # LAPACK and Gram routes
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_thin_svd_matches_lapack(shape, dtype):
     g = torch.Generator().manual_seed(1)
@@ -49,20 +49,39 @@ def test_thin_svd_matches_lapack(shape, dtype):
     torch.testing.assert_close((v2 @ v2.T).double(), vh_ref[:2].T @ vh_ref[:2], rtol=tol, atol=tol)
 
 
-def test_thin_svd_of_rank_deficient_and_zero_matrices():
+@pytest.mark.parametrize("shape", [(6, 5), (5, 6), (12, 5), (5, 12)])
+def test_thin_svd_of_rank_deficient_and_zero_matrices(shape):
     g = torch.Generator().manual_seed(2)
-    a = torch.randn(6, 2, generator=g) @ torch.randn(2, 5, generator=g)  # rank 2
+    a = torch.randn(shape[0], 2, generator=g) @ torch.randn(2, shape[1], generator=g)  # rank 2
     u, s, v = thin_svd(a)
     assert int((s > 0).sum()) == 2 and bool((s[2:] == 0).all())
     assert not u[:, 2:].any() and not v[:, 2:].any()  # no arbitrary null-space vectors
     torch.testing.assert_close((u * s) @ v.T, a, rtol=1e-5, atol=1e-5)
-    u, s, v = thin_svd(a, gram_side="left", complete=True)  # complete orthonormal u, even where s = 0
-    torch.testing.assert_close(u.T @ u, torch.eye(5), rtol=1e-5, atol=1e-5)
-    u, s, v = thin_svd(torch.zeros(4, 3))
-    assert not s.any() and not u.any() and torch.isfinite(v).all()
-    u, s, v = thin_svd(torch.randn(4, 3), top=0)
-    assert u.shape == (4, 0) and s.shape == (0,) and v.shape == (3, 0)
+    if shape[0] <= shape[1]:  # complete orthonormal u, even where s = 0
+        u, s, v = thin_svd(a, complete=True)
+        torch.testing.assert_close(u.T @ u, torch.eye(shape[0]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close((u * s) @ v.T, a, rtol=1e-5, atol=1e-5)
+    u, s, v = thin_svd(torch.zeros(shape))
+    assert not s.any() and not u.any() and not v.any()
+    u, s, v = thin_svd(torch.randn(shape), top=0)
+    assert u.shape == (shape[0], 0) and s.shape == (0,) and v.shape == (shape[1], 0)
     assert SVD_RTOL < 1e-5
+
+
+def test_thin_svd_falls_back_to_the_gram_route_when_lapack_does_not_converge(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    expected = thin_svd(a)
+
+    def fail(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", fail)
+    u, s, v = thin_svd(a)
+    torch.testing.assert_close(s, expected[1])
+    torch.testing.assert_close((u * s) @ v.T, a)
+    u, _, _ = thin_svd(a.T.contiguous(), complete=True)
+    torch.testing.assert_close(u.T @ u, torch.eye(5, dtype=torch.float64))
 
 
 def test_polar_is_the_procrustes_solution():

@@ -157,6 +157,9 @@ def test_a_new_method_is_one_python_file_and_one_yaml(tmp_path, monkeypatch):
     (folder / "nopartial.yaml").write_text("_target_: my_method.half_mean_merge\nlam: 1\n")
     with pytest.raises(MergeConfigError, match="_partial_: true"):
         merge("nopartial", pivot, experts)
+    monkeypatch.setattr(registry, "conf_dir", lambda: tmp_path / "nowhere")
+    with pytest.raises(MergeConfigError, match="the merge configs are missing: .*nowhere does not exist"):
+        merge("ties", pivot, experts)
 
 
 def test_hydra_multiselect_packages_under_method_name():

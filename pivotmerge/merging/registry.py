@@ -59,7 +59,10 @@ def load_config(name: str) -> MethodConfig:
     """The parsed ``conf/merge/<name>.yaml``: its ``_target_`` and its options with their defaults."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
         raise MergeConfigError(f"merge method must be a name from conf/merge/, got {name!r}")
-    path = conf_dir() / f"{name}.yaml"
+    folder = conf_dir()
+    if not folder.is_dir():
+        raise MergeConfigError(f"the merge configs are missing: {folder} does not exist (the registry is that folder)")
+    path = folder / f"{name}.yaml"
     if not path.is_file():
         raise MergeConfigError(f"unknown merge method {name!r}; available: {', '.join(available())}")
     return _load(path, path.stat().st_mtime_ns)
