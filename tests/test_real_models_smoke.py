@@ -37,7 +37,8 @@ def test_real_embedded_models_train_merge_and_evaluate(tmp_path):
     assert type(llm).__name__ == "LlamaForCausalLM" and llm.config.num_hidden_layers == 30
     assert llm.config.hidden_size == 576 and llm.config.vocab_size == 49152           # SmolLM2-135M
     assert (Path(cfg.paths.models_dir) / "smollm2-135m-instruct" / "manifest.json").is_file()
-    assert tuple(ctx.features["digits"].features["train"].shape) == (16, 9, 1280)    # EfficientNet-Lite0, 3x3 grid
+    tokens = embedded.vision.grid ** 2                                               # pooled EfficientNet-Lite0 map
+    assert tuple(ctx.features["digits"].features["train"].shape) == (16, tokens, 1280)
     statuses = {(r["stage"], r["name"].split(" ")[0]): r["status"] for r in ctx.log.rows}
     assert statuses[("expert", "charts")] == "ran" and statuses[("merge", "pivotmerge")] == "ran"
     assert {r["stage"] for r in ctx.log.rows} >= {"stats", "merge", "eval"}
