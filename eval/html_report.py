@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from eval.report import MISSING, Table, _fmt, legend, short_name, to_markdown
+from pivotmerge.model_id import ModelId
 
 HTML_FILE = "report.html"
 STYLE = """
@@ -138,7 +139,7 @@ def diagnostics_html(merges: dict[str, Path]) -> str:
         diag_dir = folder / "diagnostics"
         if not diag_dir.is_dir():
             continue
-        parts.append(f"<h3>merge:{html.escape(name)}</h3>"
+        parts.append(f"<h3>{html.escape(str(ModelId.merge(name)))}</h3>"
                      f'<p class="note">cache entry {html.escape(str(folder))}</p>')
         diag_file = diag_dir / "diagnostics.json"
         if diag_file.is_file():

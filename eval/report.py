@@ -19,6 +19,7 @@ from pathlib import Path
 from eval.table import Cell, Table, build_table, is_percent, model_order  # noqa: F401 - the report's API
 from eval.table import LOWER_IS_BETTER
 from pivotmerge.errors import ConfigError, DataError
+from pivotmerge.model_id import PIVOT, kind_of
 
 MISSING = "–"
 
@@ -96,7 +97,7 @@ def to_markdown(table: Table) -> str:
         sources = [s for s in table.in_source if any((m, s) in table.retention_by_source for m in table.models)]
         lines += ["", "Gain retention per source (%, 95 % interval):", ""]
         lines += _md_table(["Model"] + sources, [[m] + [_fmt(table.retention_by_source.get((m, s))) for s in sources]
-                                                 for m in table.models if m != "pivot"])
+                                                 for m in table.models if m != str(PIVOT)])
     if table.undefined_retention:
         lines += ["", f"No retention for {', '.join(table.undefined_retention)}: its expert does not beat the pivot."]
     if table.nll_benchmarks:
@@ -151,7 +152,7 @@ def to_latex(table: Table) -> str:
              " & ".join(["Model"] + [_tex_escape(short_name(c)) for c in columns]) + " \\\\", "\\midrule"]
     previous_group = None
     for model in table.models:
-        group = model.split(":")[0]
+        group = kind_of(model) or model
         if previous_group is not None and group != previous_group:
             lines.append("\\midrule")
         previous_group = group
@@ -190,8 +191,8 @@ def plot_bars(table: Table, path: Path) -> Path:
             errs.append((cell.mean - cell.lo, cell.hi - cell.mean) if cell.half_width is not None
                         else (cell.std or 0.0, cell.std or 0.0))
         # the references (pivot, experts) are muted so the merged rows stand out
-        style = ({"color": "0.55"} if model == "pivot" else
-                 {"color": palette(i % palette.N), "alpha": 0.45} if model.startswith("expert:") else
+        style = ({"color": "0.55"} if model == str(PIVOT) else
+                 {"color": palette(i % palette.N), "alpha": 0.45} if kind_of(model) == "expert" else
                  {"color": palette(i % palette.N)})
         yerr = [[e[0] for e in errs], [e[1] for e in errs]] if any(any(e) for e in errs) else None
         ax.bar(xs, ys, width=width, yerr=yerr, label=model, capsize=2, **style)
@@ -210,7 +211,7 @@ def plot_bars(table: Table, path: Path) -> Path:
 
 def plot_retention(table: Table, path: Path) -> Path | None:
     """Gain retention per model (bar, 95 % interval) with each source's retention as a dot."""
-    models = [m for m in table.models if m != "pivot" and table.retention.get(m) is not None]
+    models = [m for m in table.models if m != str(PIVOT) and table.retention.get(m) is not None]
     if not models:
         return None
     import matplotlib
@@ -221,7 +222,7 @@ def plot_retention(table: Table, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(models) + 1.4))
     for y, model in enumerate(models):
         cell = table.retention[model]
-        color = "0.6" if not model.startswith("merge:") else ("tab:red" if model == table.reference else "tab:blue")
+        color = "0.6" if kind_of(model) != "merge" else ("tab:red" if model == table.reference else "tab:blue")
         xerr = [[cell.mean - cell.lo], [cell.hi - cell.mean]] if cell.half_width is not None else None
         ax.barh(y, cell.mean, xerr=xerr, color=color, alpha=0.8, capsize=3)
         for source in table.in_source:

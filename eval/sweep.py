@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from hydra.experimental.callback import Callback
 
+from pivotmerge.model_id import kind_of
+
 _SKIP = ("experiment=", "hydra/launcher=")
 
 
@@ -43,9 +45,10 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
         varying = [o for o in overrides if o not in common]
         label = job_label(varying)
         for row in read_rows([store]):
-            if row["model"].startswith("merge:") and label:
+            kind = kind_of(row["model"])
+            if kind == "merge" and label:
                 row = {**row, "model": f"{row['model']} [{label}]"}
-            elif row["model"].startswith(("pivot", "expert:", "joint")) and label and any(
+            elif kind in ("pivot", "expert", "joint") and label and any(
                     o.split("=")[0] in ("scenario", "scenario.pivot.init", "seed") for o in varying):
                 row = {**row, "model": f"{row['model']} [{label}]"}
             key = (row["model"], row["benchmark"], row["metric"], row.get("seed"))

@@ -60,6 +60,12 @@ def name_of(text: str) -> str:
     return parsed.name if parsed else str(text)
 
 
+def short_label(text: str) -> str:
+    """An expert or merge by its source or method ("expert:digits" -> "digits"); anything else as it is."""
+    parsed = ModelId.parse(text)
+    return parsed.name if parsed and parsed.name else str(text)
+
+
 def model_order(models) -> list[str]:
     """Model names in table order: pivot, experts, joint, merges, then anything else; stable within a kind."""
     seen = list(dict.fromkeys(models))
