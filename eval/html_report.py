@@ -14,7 +14,8 @@ import re
 import time
 from pathlib import Path
 
-from eval.report import MISSING, Table, _fmt, legend, short_name, to_markdown
+from eval.table import Table
+from eval.writers import MISSING, format_cell, legend, short_name, to_markdown
 from pivotmerge.model_id import ModelId
 
 HTML_FILE = "report.html"
@@ -50,7 +51,7 @@ def image(path: Path) -> str:
 
 def cell_text(table: Table, model: str, column: str) -> str:
     """The cell as table.md shows it (bold = best merge), HTML-escaped."""
-    text = html.escape(_fmt(table.cell(model, column)))
+    text = html.escape(format_cell(table.cell(model, column)))
     return f"<b>{text}</b>" if model in table.best.get(column, set()) else text
 
 

@@ -28,7 +28,7 @@ def job_label(overrides: list[str]) -> str:
 
 def sweep_rows(sweep_dir: Path) -> list[dict]:
     """Rows of every job's store; swept rows are labelled by the overrides that differ between jobs."""
-    from eval.report import read_rows
+    from eval.store import read_rows
 
     jobs = []
     for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()), key=lambda p: p.name):
@@ -61,7 +61,8 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
 
 class SweepTable(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
-        from eval.report import build_table, to_markdown, write_report
+        from eval.table import build_table
+        from eval.writers import to_markdown, write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = sweep_rows(sweep_dir)

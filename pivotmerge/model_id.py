@@ -60,6 +60,11 @@ def name_of(text: str) -> str:
     return parsed.name if parsed else str(text)
 
 
+def file_stem(text: str) -> str:
+    """A model name as a file name ("merge:ties" -> "merge_ties")."""
+    return str(text).replace(":", "_").replace("/", "_")
+
+
 def short_label(text: str) -> str:
     """An expert or merge by its source or method ("expert:digits" -> "digits"); anything else as it is."""
     parsed = ModelId.parse(text)

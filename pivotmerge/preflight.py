@@ -315,20 +315,21 @@ def _check_merges(cfg, n_experts: int) -> None:
 
 
 def _check_eval_tasks(cfg, sources: list[str]) -> None:
-    if "eval" not in cfg.stages or cfg.report.get("only", False):
+    """eval.suite builds its pool (the pool's constructor checks its options); eval.tasks names its tasks."""
+    if "eval" not in cfg.stages or cfg.report.only:
         return
-    tasks = cfg.eval.get("tasks")
-    if str(cfg.eval.name) == "lmms_standard":
-        if not tasks:
-            raise _fail("eval.tasks", tasks, "is empty", "eval=lmms_standard needs lmms-eval task names")
-        return   # lmms-eval's own registry is consulted by the eval stage (indexing it takes a while)
-    from eval.suite import planned_task_names, suite_options
+    from eval.suite import make_pool
 
     try:
-        options = suite_options(cfg.eval.get("suite"))
+        pool = make_pool(cfg.eval)
     except ConfigError as exc:
         raise PreflightError(f"config eval.suite: {exc}") from exc
-    available = planned_task_names(options, sources)
+    available = pool.task_names(sources)
+    tasks = cfg.eval.tasks
+    if available is None:   # known only to lmms-eval's registry, which the eval stage consults (indexing is slow)
+        if not tasks:
+            raise _fail("eval.tasks", tasks, "is empty", f"{type(pool).__name__} runs the lmms-eval tasks named here")
+        return
     if tasks is None:
         return
     for pattern in [tasks] if isinstance(tasks, str) else list(tasks):

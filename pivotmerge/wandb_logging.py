@@ -270,6 +270,30 @@ def log_report_lineage(run, stores: Iterable[Path], files: Iterable[Path]) -> No
         _warn("the report's artifacts", exc)
 
 
+def log_report_run(cfg, table, paths: dict[str, Path], stores: Iterable[Path] = ()) -> None:
+    """The report stage's run: the table as a W&B table and summary (`<model>/<column>` = mean), the bar chart,
+    and its lineage (results stores in, table files out)."""
+    run = start_run(cfg, "report", f"report-{cfg.experiment_name}")
+    if run is None:
+        return
+    import wandb
+
+    cells = {(m, c): table.cell(m, c) for m in table.models for c in table.columns}
+    data = [[m] + [None if cells[(m, c)] is None else cells[(m, c)].mean for c in table.columns]
+            for m in table.models]
+    run.log({"results": wandb.Table(columns=["model"] + table.columns, data=data)})
+    for (model, column), cell in cells.items():
+        if cell is not None:
+            run.summary[f"{model}/{column}"] = cell.mean
+    if "png" in paths:
+        run.log({"scores": wandb.Image(str(paths["png"]))})
+    log_report_lineage(run, stores, paths.values())
+    where = run.url if getattr(run, "url", None) else run.dir
+    run.finish()
+    hint = f"  (offline: `{sync_hint(cfg)}` uploads every run)" if sync_hint(cfg) else ""
+    print(f"  W&B: {where}{hint}", flush=True)
+
+
 # ---- reading offline runs back --------------------------------------------------------------------------
 def read_run_records(run_folder: Path, wait_s: float = 30.0) -> dict:
     """{'run': RunRecord, 'outputs': [ArtifactRecord], 'inputs': [ArtifactRecord], 'summary': dict,

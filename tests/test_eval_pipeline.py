@@ -10,8 +10,23 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from eval.suite import SuiteSource, build_documents, load_suite, planned_task_names, suite_options, write_suite
+from eval.documents import SuiteSource, build_documents, planned_task_names
+from eval.suite import EmbeddedSuite, load_suite, make_pool, write_suite
 from pivotmerge.errors import ConfigError
+
+EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "eval" / "embedded.yaml"
+
+
+def eval_cfg(**overrides):
+    """conf/eval/embedded.yaml (the only place the suite's defaults live) with `overrides` (dotted keys)."""
+    cfg = OmegaConf.load(EVAL_CONF)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def suite_options(**overrides) -> dict:
+    return make_pool(eval_cfg(**{f"suite.{k}": v for k, v in overrides.items()})).settings
 
 SOURCES = {"digits": ["one", "two", "three", "four", "five"], "animals": ["cat", "dog", "cow", "bear"],
            "words": ["apple", "river", "storm", "piano"]}
@@ -37,7 +52,7 @@ def synthetic_sources(n=N):
 
 
 def test_suite_is_deterministic_and_sized(tmp_path):
-    options = suite_options({"items_per_task": 12, "mme_images_per_category": 4})
+    options = suite_options(items_per_task=12, mme_images_per_category=4)
     first, second = build_documents(synthetic_sources(), options), build_documents(synthetic_sources(), options)
     assert first == second
     names = list(first)
@@ -64,7 +79,7 @@ def test_suite_is_deterministic_and_sized(tmp_path):
     for row in cross:   # options mix two sources: 2 captions of each
         kinds = [c.split(" ")[1] for c in row["choices"]]
         assert len(set(kinds)) == 2
-    default = suite_options(None)
+    default = suite_options()
     assert default["items_per_task"] >= 200 and default["mme_images_per_category"] * 2 * 4 >= 200
     meta = write_suite(synthetic_sources(), options, tmp_path / "suite")
     suite = load_suite(tmp_path / "suite")
@@ -73,7 +88,12 @@ def test_suite_is_deterministic_and_sized(tmp_path):
     with pytest.raises(ConfigError, match="pm_nonexistent"):
         suite.select(["pm_nonexistent"])
     with pytest.raises(ConfigError, match="unknown eval.suite option"):
-        suite_options({"itemz": 3})
+        suite_options(itemz=3)
+    with pytest.raises(ConfigError, match="eval.suite.kinds has"):
+        suite_options(kinds=["mc", "essay"])
+    with pytest.raises(ConfigError, match="lacks option"):
+        make_pool(OmegaConf.create({"suite": {"_target_": "eval.suite.EmbeddedSuite", "seed": 0}}))
+    assert isinstance(make_pool(eval_cfg()), EmbeddedSuite)
 
 
 # ---- a pipeline context with real artifacts -----------------------------------------------------------
@@ -87,9 +107,8 @@ def make_context(tmp_path, mllm, model_cfg):
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({
         "experiment_name": "test", "seed": 0, "model": OmegaConf.to_container(model_cfg),
-        "eval": {"name": "embedded", "suite": {"items_per_task": N, "mme_images_per_category": 4}, "tasks": None,
-                 "limit": None, "batch_size": 8, "max_new_tokens": 4, "bootstrap_iters": 10,
-                 "report": {"from": "latest", "table_metric": "primary", "plot": True}},
+        "eval": eval_cfg(**{"suite.items_per_task": N, "suite.mme_images_per_category": 4, "batch_size": 8,
+                            "max_new_tokens": 4, "bootstrap_iters": 10, "workers": 1}),
         "report": {"only": False}, "logger": {"wandb": {"enabled": False}}})
     out = tmp_path / "outputs" / "test" / "run1"
     ctx = Context(cfg=cfg, store=store, log=StageLog(), output_dir=out)

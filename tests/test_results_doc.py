@@ -32,7 +32,7 @@ def test_doc_and_readme_come_from_the_newest_store(tmp_path):
 
 
 def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
-    from eval.report import build_table
+    from eval.table import build_table
     from experiments.results_doc import signal_checks
     from tests.test_eval_report import _row
 
@@ -48,7 +48,7 @@ def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
 
 
 def test_findings_state_gaps_in_table_units_and_spot_identical_rows():
-    from eval.report import build_table
+    from eval.table import build_table
     from experiments.results_doc import findings
     from tests.test_eval_report import _row
 

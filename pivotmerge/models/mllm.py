@@ -222,9 +222,17 @@ def build_mllm(model_cfg, cache_dir, *, projector_state: dict | None = None, wit
     return mllm
 
 
-def load_projector_state(projector: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def projector_mismatch(projector: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why `state` cannot be loaded into `projector` (other names or shapes); None when it fits."""
     expected = {k: tuple(v.shape) for k, v in projector.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items()}
     if expected != given:
-        raise ConfigError(f"projector weights do not fit model.projector: expected {expected}, got {given}")
+        return f"projector weights do not fit model.projector: expected {expected}, got {given}"
+    return None
+
+
+def load_projector_state(projector: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    problem = projector_mismatch(projector, state)
+    if problem:
+        raise ConfigError(problem)
     projector.load_state_dict(state)
