@@ -48,7 +48,7 @@ def caption_loss(mllm, features, texts: list[str], batch_size: int = 16) -> floa
     return round(float(-sums / counts), 4)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="pkg://pivotmerge.conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
     from pivotmerge.pipeline.runner import run
 

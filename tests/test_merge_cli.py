@@ -50,13 +50,13 @@ def test_round_trip_matches_library(ckpts, capsys, ext_in, ext_out):
 
 
 def test_pivotmerge_options_typed_and_diagnostics_written(ckpts, capsys):
-    d, pivot, experts = ckpts
-    rc = main(["merge", "pivotmerge", "--base", str(d / "pivot.bin"), "--experts", str(d / "e0.bin"),
+    d, pivot, experts = ckpts   # the data-free reading: the default one needs --stats (test_merge_contract.py)
+    rc = main(["merge", "pivotmerge_data_free", "--base", str(d / "pivot.bin"), "--experts", str(d / "e0.bin"),
                str(d / "e1.bin"), "weight_range=[0.2,1]", "filter=cosine", "--out", str(d / "m.safetensors"),
                "--diagnostics", str(d / "diag"), "rank_mode=energy", "energy=0.5"])
     assert rc == 0
     pivot = load_state_dict(d / "pivot.bin")
-    ref = merge("pivotmerge", pivot, experts[:2], weight_range=[0.2, 1.0], filter="cosine", rank_mode="energy",
+    ref = merge("pivotmerge_data_free", pivot, experts[:2], weight_range=[0.2, 1.0], filter="cosine", rank_mode="energy",
                 energy=0.5)
     got = load_state_dict(d / "m.safetensors")
     assert all(torch.equal(got[k], ref[k]) for k in ref)
