@@ -99,7 +99,7 @@ def adamerging_merge(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     with torch.no_grad():
         merged = {k: v.detach() for k, v in merged_state().items()}
     for key in float_keys(pivot):

@@ -43,6 +43,7 @@ from pivotmerge.merging.registry import contract
 def iso_c_matrix(delta: Tensor) -> tuple[Tensor, float]:
     """(sbar U V^T, sbar) for the summed task matrix ``delta``."""
     u, s, v = thin_svd(delta)
+    del delta
     sbar = float(s.sum()) / max(1, s.numel())
     out = u @ v.T
     return out.mul_(sbar), sbar
@@ -65,17 +66,18 @@ def iso_cts_matrix(delta: Tensor, taus: Sequence[Tensor], fraction: float) -> tu
         # (I - U_c U_c^T) tau = U_perp (U_perp^T tau) lives in span(U_perp), so its SVD is that of the small
         # (m - k_c) x n matrix U_perp^T tau, and the polar factor of [U_perp A, U_c] is [U_perp polar(A), U_c].
         u, s, v = thin_svd(delta, gram_side="left", complete=True)
-        u_c, s_c, v_c, u_perp = u[:, :k_c], s[:k_c], v[:, :k_c], u[:, k_c:]
-        del u, v
+        del delta
         coords, ss, vs = [], [], []
         for i in range(k_experts):
-            a, s_i, v_i = thin_svd(u_perp.T @ taus[i], top=n_t)
+            a, s_i, v_i = thin_svd(u[:, k_c:].T @ taus[i], top=n_t)
             coords.append(a), ss.append(s_i), vs.append(v_i)
-        u_orth = torch.cat([u_perp @ polar(torch.cat(coords, 1)), u_c], 1)
+        u_orth = torch.cat([u[:, k_c:] @ polar(torch.cat(coords, 1)), u[:, :k_c]], 1)
+        del u, coords
     else:
         u, s, v = thin_svd(delta)
-        u_c, s_c, v_c = u[:, :k_c], s[:k_c], v[:, :k_c]
-        del u, v
+        del delta
+        u_c = u[:, :k_c]
+        del u
         us, ss, vs = [], [], []
         for i in range(k_experts):
             tau = taus[i]
@@ -84,8 +86,12 @@ def iso_cts_matrix(delta: Tensor, taus: Sequence[Tensor], fraction: float) -> tu
             us.append(u_i), ss.append(s_i), vs.append(v_i)
             del tau
         u_orth = polar(torch.cat([*us, u_c], 1))
-    s_all = torch.cat([*ss, s_c])
-    v_orth = polar(torch.cat([*vs, v_c], 1))
+        del us, u_c
+    s_all = torch.cat([*ss, s[:k_c]])
+    v_cat = torch.cat([*vs, v[:, :k_c]], 1)
+    del vs, v
+    v_orth = polar(v_cat)
+    del v_cat
     sbar = float(s_all.sum()) / max(1, s_all.numel())
     return (u_orth @ v_orth.T).mul_(sbar), sbar, k_c
 
@@ -130,9 +136,9 @@ def iso_cts_merge(
     merged = {}
     for key in float_keys(pivot):
         if is_matrix(pivot[key]):
-            delta = summed_task_vector(pivot, experts, key)
-            update, sbar, k_c = iso_cts_matrix(delta, TaskVectorsOf(pivot, experts, key), fraction)
-            del delta
+            # no reference kept to the summed matrix: iso_cts_matrix frees it once decomposed
+            update, sbar, k_c = iso_cts_matrix(summed_task_vector(pivot, experts, key),
+                                               TaskVectorsOf(pivot, experts, key), fraction)
             rec = diag_layer(diagnostics, layer_name(key))
             rec.setdefault("iso_singular_value", {})[key] = sbar
             rec.setdefault("common_rank", {})[key] = k_c

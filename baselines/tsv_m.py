@@ -51,10 +51,16 @@ def tsv_matrix(taus: Sequence[Tensor]) -> Tensor:
         u, s, v = thin_svd(tau, top=k)
         us.append(u), ss.append(s), vs.append(v)
         del tau
-    u_cat, v_cat = torch.cat(us, 1), torch.cat(vs, 1)
-    del us, vs
     s_cat = torch.cat(ss)
-    return (polar(u_cat) * s_cat) @ polar(v_cat).T
+    u_cat = torch.cat(us, 1)
+    del us
+    left = polar(u_cat).mul_(s_cat)
+    del u_cat
+    v_cat = torch.cat(vs, 1)
+    del vs
+    right = polar(v_cat)
+    del v_cat
+    return left @ right.T
 
 
 @contract(scale="alpha", one_expert={}, identical=None)

@@ -89,22 +89,30 @@ class Quadratic:
         t = t.double()
         return float((t @ self.a).mul_(t).sum() - 2 * (t * self.b).sum()) + self.c
 
-    def solve(self) -> Tensor:
-        """argmin L (closed form, see the module docstring)."""
+    def solve(self, keep: bool = True) -> Tensor:
+        """argmin L (closed form, see the module docstring); ``keep=False`` reuses A and B's memory."""
         if self.used == 0:
             return self.t0
-        eye = torch.eye(self.a.shape[0], dtype=torch.float64)
-        delta = _RIDGE * float(self.a.norm())
+        a = self.a if not keep else self.a.clone()
+        if not keep:
+            self.a = None
+        delta, added = _RIDGE * float(a.norm()), 0.0
         for _ in range(_RIDGE_TRIES):
-            chol, info = torch.linalg.cholesky_ex(self.a + delta * eye)
+            a.diagonal().add_(delta - added)
+            added = delta
+            chol, info = torch.linalg.cholesky_ex(a)
             if int(info) == 0:
                 break
             delta *= 100
         else:  # pragma: no cover - A is PSD by construction; only NaN/Inf could get here
             raise MergeInputError(f"{NAME}: the normal equations cannot be factorised")
-        del eye
-        rhs = torch.add(self.b, self.t0.double(), alpha=delta).T
-        return torch.cholesky_solve(rhs, chol).T.to(self.dtype)
+        del a
+        rhs = (self.b if not keep else self.b.clone()).add_(self.t0, alpha=delta)
+        if not keep:
+            self.b = None
+        solution = torch.cholesky_solve(rhs.T, chol).T
+        del rhs, chol
+        return solution.to(self.dtype)
 
     def adam(self, steps: int, lr: float) -> Tensor:
         """``steps`` Adam steps from T0 on the exact gradient 2 (T A - B)."""
@@ -120,7 +128,7 @@ class Quadratic:
 def wudi_matrix(taus: Sequence[Tensor], solver: str, steps: int, lr: float, record: dict | None = None) -> Tensor:
     """The WUDI task matrix of one 2-D tensor (``taus`` may build each tau_k on access)."""
     q = Quadratic(taus)
-    t = q.solve() if solver == "closed_form" else q.adam(steps, lr)
+    t = q.solve(keep=record is not None) if solver == "closed_form" else q.adam(steps, lr)
     if record is not None:
         record.update(initial=q.value(q.t0), final=q.value(t))
     return t

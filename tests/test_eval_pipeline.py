@@ -1,6 +1,7 @@
 """Suite, lmms-eval adapter, eval stage and report end to end on the tiny model (small synthetic suite)."""
 import io
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -225,7 +226,9 @@ def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, tiny_ml
         rows = [json.loads(line) for line in (ctx.output_dir / "results" / "results.jsonl").read_text().splitlines()]
         values.append(sorted((r["model"], r["benchmark"], r["metric"], r["value"]) for r in rows))
     assert len(values[0]) > 20 and [v[:3] for v in values[0]] == [v[:3] for v in values[1]]
-    assert all(abs(a[3] - b[3]) < 1e-9 for a, b in zip(values[0], values[1]))
+    # accuracies match exactly; float32 log-likelihood sums differ in the 8th digit with the thread count
+    assert all(math.isclose(a[3], b[3], rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(values[0], values[1]))
+    assert all(a[3] == b[3] for a, b in zip(values[0], values[1]) if a[2] != "nll")
     with pytest.raises(ConfigError, match="eval.workers"):
         ctx.cfg.eval.workers = 0
         stage.run(ctx)

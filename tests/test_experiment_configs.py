@@ -11,9 +11,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-def _cfg(experiment):
+def _cfg(experiment, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"experiment={experiment}"])
+        return compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -36,7 +36,10 @@ def test_paper_table_searches_every_method_with_the_same_budget():
 
 
 def test_ablation_variants_inherit_the_experiments_settings_of_their_base():
-    methods = expand_variants(_cfg("ablation_components"))
-    assert methods["pivotmerge"].lam == methods["pm_no_sdf"].lam == methods["task_arithmetic"].lam == 0.3
-    all_off = methods["pm_all_off"]
-    assert (all_off.sdf, all_off.filter, all_off.alm) == (False, "none", "off")
+    methods = expand_variants(_cfg("ablation_components", "merge.pivotmerge.lam=0.3"))
+    base = OmegaConf.to_container(methods["pivotmerge"])
+    assert base["lam"] == 0.3
+    for name, switched in {"pm_no_shared_space": {"shared_threshold": 2.0}, "pm_no_filter": {"filter": "none"},
+                           "pm_own_layer_inputs": {"layer_inputs": "own"}, "pm_all_shared": {"shared_threshold": 0.0},
+                           "pm_alm_data": {"alm": "data"}}.items():
+        assert OmegaConf.to_container(methods[name]) == {**base, **switched}, name

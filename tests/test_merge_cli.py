@@ -50,7 +50,7 @@ def test_round_trip_matches_library(ckpts, capsys, ext_in, ext_out):
 
 
 def test_pivotmerge_options_typed_and_diagnostics_written(ckpts, capsys):
-    d, pivot, experts = ckpts   # the data-free reading: the default one needs --stats (test_merge_contract.py)
+    d, pivot, experts = ckpts
     rc = main(["merge", "pivotmerge_data_free", "--base", str(d / "pivot.bin"), "--experts", str(d / "e0.bin"),
                str(d / "e1.bin"), "weight_range=[0.2,1]", "filter=cosine", "--out", str(d / "m.safetensors"),
                "--diagnostics", str(d / "diag"), "rank_mode=energy", "energy=0.5"])

@@ -51,14 +51,22 @@ def test_sigkilled_training_resumes_and_matches_an_uninterrupted_run(tmp_path, t
     steps = ["scenario.experts.steps=6", "trainer.checkpoint_every=1"]
     killed = worker(tmp_path / "killed", tiny_model_cfg, 0.4, *steps)
     partial = tmp_path / "killed" / "cache" / "expert"
+
+    def checkpoint_step() -> int:
+        for path in partial.glob("*.partial/checkpoints/last.ckpt"):
+            try:   # Lightning writes checkpoints atomically: a file that exists is complete
+                return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+            except Exception:
+                pass
+        return -1
+
     deadline = time.time() + 240
-    while time.time() < deadline and not list(partial.glob("*.partial/checkpoints/last.ckpt")):
+    while time.time() < deadline and checkpoint_step() < 2:   # kill mid-expert, past its second checkpoint
         assert killed.poll() is None, killed.communicate()[1][-3000:]
-        time.sleep(0.2)
-    time.sleep(1.0)                       # a step or two past the first checkpoint
+        time.sleep(0.05)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert list(partial.glob("*.partial/checkpoints/last.ckpt")), "the run died before its first checkpoint"
+    assert 2 <= checkpoint_step() < 6, "the kill did not land inside an expert's training"
 
     resumed = finish(worker(tmp_path / "killed", tiny_model_cfg, 0.0, *steps))
     clean = finish(worker(tmp_path / "clean", tiny_model_cfg, 0.0, *steps))

@@ -246,6 +246,8 @@ def _calibration_for(fn, method: str, stats_files, n_experts: int) -> dict:
             raise CLIError(f"merge method {method!r} is data-free: it takes no --stats")
         return {}
     if not stats_files:
+        # whether the statistics are needed can depend on the options (pivotmerge_data_free takes the same
+        # function); a method that needs them says so itself, naming --stats
         return {}
     if len(stats_files) != n_experts:
         raise CLIError(f"--stats has {len(stats_files)} files for {n_experts} experts (one per expert, same order)")

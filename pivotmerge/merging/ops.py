@@ -325,17 +325,17 @@ def thin_svd(
     m64 = mat.to(torch.float64)
     g = m64 @ m64.T if left else m64.T @ m64
     del m64
-    evals, evecs = torch.linalg.eigh(g)
+    evals, evecs = torch.linalg.eigh(g)  # ascending
     del g
-    order = torch.arange(evals.numel() - 1, evals.numel() - 1 - q, -1)
-    s = evals[order].clamp_(min=0).sqrt_()
-    w = evecs[:, order]
+    size = evals.numel()
+    s = evals[size - q:].flip(0).clamp_(min=0).sqrt_()
+    w = evecs[:, size - q:].to(dt).flip(1)  # cast before flipping: one float64 copy less at the peak
+    del evecs
     keep = s > (s[0] * SVD_RTOL if q else 0.0)
     s = torch.where(keep, s, torch.zeros_like(s))
     inv = torch.where(keep, 1.0 / s.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(s))
     if not complete:
-        w = w * keep
-    w = w.to(dt)
+        w.mul_(keep.to(dt))
     other = (mat.T @ w if left else mat @ w).mul_(inv.to(dt))
     s = s.to(dt)
     return (w, s, other) if left else (other, s, w)
