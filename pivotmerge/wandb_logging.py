@@ -29,7 +29,7 @@ _KEY = re.compile(r"[0-9a-f]{16}")
 
 def configure_wandb_env(cfg) -> None:
     """Keep W&B files under the run's output folder and default to offline mode."""
-    if not cfg.logger.wandb.get("enabled", False):
+    if not cfg.logger.wandb.enabled:
         os.environ.setdefault("WANDB_MODE", "disabled")
         return
     run_dir = Path(cfg.logger.wandb.dir)
@@ -42,7 +42,7 @@ def configure_wandb_env(cfg) -> None:
 
 
 def enabled(cfg) -> bool:
-    return cfg.get("logger") is not None and bool(cfg.logger.wandb.get("enabled", False))
+    return cfg.get("logger") is not None and bool(cfg.logger.wandb.enabled)
 
 
 def lightning_logger_factory(cfg):
@@ -55,7 +55,8 @@ def lightning_logger_factory(cfg):
     def make(stage: str, name: str):
         return WandbLogger(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
                            group=str(cfg.logger.wandb.group), name=f"{stage}-{name}-seed{cfg.seed}",
-                           job_type=stage, save_dir=str(cfg.logger.wandb.dir), offline=cfg.logger.wandb.mode == "offline",
+                           job_type=stage, save_dir=str(cfg.logger.wandb.dir),
+                           offline=cfg.logger.wandb.mode == "offline",
                            config=OmegaConf.to_container(cfg, resolve=True), reinit=True)
 
     return make
