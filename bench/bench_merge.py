@@ -263,8 +263,8 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"shapes": {k: list(v) for k, v in SHAPES.items()}, "experts": args.experts, "dtype": "float32",
                "repeats": args.repeats, "cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(), "loadavg_1min_at_end": os.getloadavg()[0], "results": rows, "targets": checks,
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "python": platform.python_version(), "loadavg_1min_at_end": os.getloadavg()[0], "results": rows,
+               "targets": checks, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, out)

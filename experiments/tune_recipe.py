@@ -46,8 +46,6 @@ def compose(overrides: list[str]):
 
 def score_source(mllm, features, labels, source, rows: int | None) -> dict:
     """k-way accuracy (all labels of the source) and caption NLL per token on the given rows."""
-    import torch
-
     from pivotmerge.models.scoring import score_choices
     from pivotmerge.training import DEFAULT_INSTRUCTIONS
 

@@ -25,7 +25,7 @@ class ModelId:
         return f"{self.kind}:{self.name}" if self.name else self.kind
 
     @classmethod
-    def parse(cls, text: str) -> "ModelId | None":
+    def parse(cls, text: str) -> ModelId | None:
         """The id of a model name, or None for a name that is none of the four kinds."""
         kind, _, name = str(text).partition(":")
         try:
@@ -34,11 +34,11 @@ class ModelId:
             return None
 
     @classmethod
-    def expert(cls, source: str) -> "ModelId":
+    def expert(cls, source: str) -> ModelId:
         return cls("expert", source)
 
     @classmethod
-    def merge(cls, method: str) -> "ModelId":
+    def merge(cls, method: str) -> ModelId:
         return cls("merge", method)
 
     @property

@@ -49,7 +49,8 @@ def png(img):
 
 def synthetic_sources(n=N):
     return [SuiteSource(name, TEMPLATES[name], [png(image(s, "test", i)) for i in range(n)],
-                        [labels[i % len(labels)] for i in range(n)]) for s, (name, labels) in enumerate(SOURCES.items())]
+                        [labels[i % len(labels)] for i in range(n)])
+            for s, (name, labels) in enumerate(SOURCES.items())]
 
 
 def test_suite_is_deterministic_and_sized(tmp_path):
@@ -99,11 +100,12 @@ def test_suite_is_deterministic_and_sized(tmp_path):
 
 # ---- a pipeline context with real artifacts -----------------------------------------------------------
 def make_context(tmp_path, mllm, model_cfg):
-    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
 
     from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
-    from pivotmerge.pipeline.features import SourceFeatures
     from pivotmerge.pipeline.context import Context, StageLog
+    from pivotmerge.pipeline.features import SourceFeatures
 
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({
@@ -166,7 +168,8 @@ def test_eval_stage_and_report_end_to_end(tmp_path, tiny_mllm, tiny_model_cfg, m
     for bench in ("pm_mc_digits", "pm_mc_animals", "pm_mc_words", "pm_cross_mc"):
         assert abs(primary[bench] - 0.25) <= 0.3, (bench, primary[bench])
     assert abs(primary["pm_pope"] - 0.5) <= 0.25
-    mme_acc = next(r["value"] for r in rows if r["model"] == "pivot" and r["benchmark"] == "pm_mme" and r["metric"] == "acc")
+    mme_acc = next(r["value"] for r in rows
+                   if r["model"] == "pivot" and r["benchmark"] == "pm_mme" and r["metric"] == "acc")
     assert abs(mme_acc - 0.5) <= 0.25
     assert all(torch.equal(before[k], v) for k, v in tiny_mllm.projector.state_dict().items())
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from pivotmerge.errors import ConfigError, DataError
 from pivotmerge.pipeline.runner import run
@@ -32,7 +31,7 @@ def test_stages_run_then_are_reused(first_run, tiny_model_cfg):
     assert {r["status"] for r in again.log.rows} == {"reused"}
     # experts start from the pivot and move away from it
     pivot = again.projector(again.pivot)
-    for name, artifact in again.experts.items():
+    for artifact in again.experts.values():
         expert = again.projector(artifact)
         assert set(expert) == set(pivot) == {"0.weight", "0.bias", "2.weight", "2.bias"}
         assert any(not torch.equal(expert[k], pivot[k]) for k in pivot)

@@ -174,7 +174,8 @@ def test_offline_runs_hold_artifacts_and_lineage(tiny_model_cfg, tmp_path, offli
     results = f"results-{tmp_path.name}-out"
     assert results in eval_outputs and sum(n.startswith("eval-") for n in eval_outputs) == 5
     assert names(runs["report-lineage"]["inputs"]) == {results}
-    assert names(a for a in runs["report-lineage"]["outputs"] if a.type != "run_table") == {f"table-{tmp_path.name}-out"}
+    outputs = names(a for a in runs["report-lineage"]["outputs"] if a.type != "run_table")
+    assert outputs == {f"table-{tmp_path.name}-out"}
 
     # a projector is a reference artifact into the cache; its consumers name the very same version
     produced = {a.name: a for r in runs.values() for a in r["outputs"]}

@@ -29,7 +29,7 @@ class PromptFormat:
     answer_end: str
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, system: str | None = None) -> "PromptFormat":
+    def from_tokenizer(cls, tokenizer, system: str | None = None) -> PromptFormat:
         if not getattr(tokenizer, "chat_template", None):
             return cls(prefix="", suffix="\n", answer_end=tokenizer.eos_token or "")
         messages = [{"role": "user", "content": _MARK}]
