@@ -199,6 +199,7 @@ def test_unknown_benchmark_name_is_a_config_error(tmp_path, tiny_mllm, tiny_mode
         stage.run(ctx)
 
 
+@pytest.mark.slow   # 30-50 s on 2 busy cores: the eval stage from scratch, twice
 def test_evaluation_from_scratch_is_reproducible(tmp_path, tiny_mllm, tiny_model_cfg):
     """Same projectors, same suite, two empty caches: the stores hold identical numbers (no sampling anywhere)."""
     from eval import stage
@@ -213,6 +214,7 @@ def test_evaluation_from_scratch_is_reproducible(tmp_path, tiny_mllm, tiny_model
     assert values[0] == values[1] and len(values[0]) > 20
 
 
+@pytest.mark.slow   # 35-80 s: two worker processes each build the tiny MLLM
 def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, tiny_mllm, tiny_model_cfg):
     """eval.workers=2 evaluates pending projectors in spawned processes: same store rows, same logs."""
     from eval import stage

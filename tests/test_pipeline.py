@@ -72,6 +72,7 @@ def test_seed_changes_pivot_and_experts(first_run, tiny_model_cfg):
     assert status["data"] == status["features"] == "reused"
 
 
+@pytest.mark.slow   # 23-28 s: trains the tiny pipeline twice
 def test_training_is_deterministic(tiny_model_cfg, tmp_path):
     a = run(compose_cfg(tmp_path / "a", tiny_model_cfg, [STAGES]))
     b = run(compose_cfg(tmp_path / "b", tiny_model_cfg, [STAGES]))
@@ -80,6 +81,7 @@ def test_training_is_deterministic(tiny_model_cfg, tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow   # 17-29 s: a killed and a resumed training run
 def test_killed_run_resumes_from_checkpoint(tiny_model_cfg, tmp_path, monkeypatch):
     """A run that dies mid-training resumes from its last checkpoint and ends where a clean run ends."""
     from pivotmerge.training import ProjectorAlignment
