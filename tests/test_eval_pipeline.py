@@ -110,8 +110,8 @@ def make_context(tmp_path, mllm, model_cfg):
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({
         "experiment_name": "test", "seed": 0, "model": OmegaConf.to_container(model_cfg),
-        "eval": eval_cfg(**{"suite.items_per_task": N, "suite.mme_images_per_category": 4, "batch_size": 8,
-                            "max_new_tokens": 4, "bootstrap_iters": 10, "workers": 1}),
+        "eval": eval_cfg(**{"suite.items_per_task": N, "suite.mme_images_per_category": 4, "tasks": None,
+                            "batch_size": 8, "max_new_tokens": 4, "bootstrap_iters": 10, "workers": 1}),
         "report": {"only": False}, "logger": {"wandb": {"enabled": False}}})
     out = tmp_path / "outputs" / "test" / "run1"
     ctx = Context(cfg=cfg, store=store, log=StageLog(), output_dir=out)
