@@ -86,7 +86,8 @@ def adamerging_merge(
     with torch.no_grad():
         inputs = [s.inputs.float() for s in stats]
         targets = [projector_forward(e, x) for e, x in zip([{k: base[k] + t[k] for k in base} for t in taus], inputs)]
-        scales = [((t - projector_forward(base, x)) ** 2).sum(-1).mean().clamp_min(1e-12) for t, x in zip(targets, inputs)]
+        scales = [((t - projector_forward(base, x)) ** 2).sum(-1).mean().clamp_min(1e-12)
+                  for t, x in zip(targets, inputs)]
     generators = [torch.Generator().manual_seed(_content_seed(seed, x)) for x in inputs]
     optimizer = torch.optim.Adam([coefficients], lr=lr)
     losses = []

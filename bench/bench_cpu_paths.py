@@ -19,6 +19,10 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # imported where used: the bench starts without torch's import time
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -26,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from bench.bench_eval import LABELS  # noqa: E402 - the same caption options as the MC bench
 
 
-def _time_tower(tower, pixels, batch: int) -> tuple[float, "torch.Tensor"]:
+def _time_tower(tower, pixels, batch: int) -> tuple[float, torch.Tensor]:
     import torch
 
     with torch.no_grad():
@@ -40,8 +44,7 @@ def bench_features(images: int) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from pivotmerge.models.vision import (VisionTower, _efficientnet_encode, _load_efficientnet_lite0,
-                                          build_vision_tower)
+    from pivotmerge.models.vision import VisionTower, _efficientnet_encode, _load_efficientnet_lite0, build_vision_tower
 
     cfg = OmegaConf.load(REPO / "conf" / "model" / "embedded.yaml").vision
     ours = build_vision_tower(cfg)

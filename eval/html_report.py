@@ -14,7 +14,9 @@ import re
 import time
 from pathlib import Path
 
-from eval.report import MISSING, Table, _fmt, legend, short_name, to_markdown
+from eval.table import Table
+from eval.writers import MISSING, format_cell, legend, short_name, to_markdown
+from pivotmerge.model_id import ModelId
 
 HTML_FILE = "report.html"
 STYLE = """
@@ -49,7 +51,7 @@ def image(path: Path) -> str:
 
 def cell_text(table: Table, model: str, column: str) -> str:
     """The cell as table.md shows it (bold = best merge), HTML-escaped."""
-    text = html.escape(_fmt(table.cell(model, column)))
+    text = html.escape(format_cell(table.cell(model, column)))
     return f"<b>{text}</b>" if model in table.best.get(column, set()) else text
 
 
@@ -138,7 +140,7 @@ def diagnostics_html(merges: dict[str, Path]) -> str:
         diag_dir = folder / "diagnostics"
         if not diag_dir.is_dir():
             continue
-        parts.append(f"<h3>merge:{html.escape(name)}</h3>"
+        parts.append(f"<h3>{html.escape(str(ModelId.merge(name)))}</h3>"
                      f'<p class="note">cache entry {html.escape(str(folder))}</p>')
         diag_file = diag_dir / "diagnostics.json"
         if diag_file.is_file():

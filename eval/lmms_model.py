@@ -33,6 +33,7 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import os  # noqa: E402
 from collections import OrderedDict  # noqa: E402
@@ -48,7 +49,6 @@ from pivotmerge.errors import ConfigError  # noqa: E402
 from pivotmerge.models import scoring  # noqa: E402
 
 MANIFEST = ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def image_key(image) -> str:
@@ -95,7 +95,9 @@ def load_model_config(model_config):
         return OmegaConf.create(model_config)
     path = Path(str(model_config))
     if not path.suffix:
-        path = REPO_ROOT / "conf" / "model" / f"{model_config}.yaml"
+        from pivotmerge.config import CONF_DIR
+
+        path = CONF_DIR / "model" / f"{model_config}.yaml"
     if not path.is_file():
         raise ConfigError(f"model_config {model_config!r}: no such file ({path}); pass a conf/model name or a "
                           "YAML path holding a cfg.model")
@@ -116,7 +118,7 @@ class PivotMergeLMM(lmms):
             from pivotmerge.models.mllm import build_mllm
 
             cfg = load_model_config(model_config)
-            cache_dir = cache_dir or os.environ.get("PIVOTMERGE_MODELS", str(REPO_ROOT / ".cache" / "models"))
+            cache_dir = cache_dir or os.environ.get("PIVOTMERGE_MODELS", str(Path.cwd() / ".cache" / "models"))
             mllm = build_mllm(cfg, cache_dir, with_vision=True)
         if device and device not in ("cpu", "None"):
             mllm = mllm.to(device)
@@ -144,6 +146,20 @@ class PivotMergeLMM(lmms):
             name = name or str(projector)
         load_projector_state(self.mllm.projector, state)
         self.projector_name = name or "projector"
+
+    @contextlib.contextmanager
+    def using_projector(self, state: dict, name: str):
+        """Evaluate with `state` in the MLLM's projector inside the block; the previous weights come back after
+        (the MLLM is shared with the pipeline's other stages). Shape mismatches are a ConfigError."""
+        from pivotmerge.models.mllm import projector_swapped
+
+        previous = self.projector_name
+        with projector_swapped(self.mllm, state):
+            self.projector_name = name
+            try:
+                yield self
+            finally:
+                self.projector_name = previous
 
     def clean(self):
         """lmms-eval calls this after every evaluation and would delete the MLLM; the pipeline reuses one

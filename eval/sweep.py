@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from hydra.experimental.callback import Callback
 
+from pivotmerge.model_id import kind_of
+
 _SKIP = ("experiment=", "hydra/launcher=")
 
 
@@ -26,7 +28,7 @@ def job_label(overrides: list[str]) -> str:
 
 def sweep_rows(sweep_dir: Path) -> list[dict]:
     """Rows of every job's store; swept rows are labelled by the overrides that differ between jobs."""
-    from eval.report import read_rows
+    from eval.store import read_rows
 
     jobs = []
     for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir()), key=lambda p: p.name):
@@ -43,9 +45,10 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
         varying = [o for o in overrides if o not in common]
         label = job_label(varying)
         for row in read_rows([store]):
-            if row["model"].startswith("merge:") and label:
+            kind = kind_of(row["model"])
+            if kind == "merge" and label:
                 row = {**row, "model": f"{row['model']} [{label}]"}
-            elif row["model"].startswith(("pivot", "expert:", "joint")) and label and any(
+            elif kind in ("pivot", "expert", "joint") and label and any(
                     o.split("=")[0] in ("scenario", "scenario.pivot.init", "seed") for o in varying):
                 row = {**row, "model": f"{row['model']} [{label}]"}
             key = (row["model"], row["benchmark"], row["metric"], row.get("seed"))
@@ -58,7 +61,8 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
 
 class SweepTable(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
-        from eval.report import build_table, to_markdown, write_report
+        from eval.table import build_table
+        from eval.writers import to_markdown, write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = sweep_rows(sweep_dir)

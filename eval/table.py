@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval import stats
+from pivotmerge.model_id import PIVOT, ModelId, kind_of, model_order
 
 RAW_SCALE_PREFIXES = ("mme_score", "mme_perception_score", "mme_cognition_score", "score_")
 LOWER_IS_BETTER = ("nll",)
 IN_SOURCE_PREFIXES = ("pm_cls_", "pm_mc_")   # first match is a source's in-source benchmark
 NLL_PREFIX = "pm_nll_"
-REFERENCE_MERGE = "merge:pivotmerge"
+REFERENCE_MERGE = str(ModelId.merge("pivotmerge"))
 SUMMARY_COLUMNS = ("Average", "Norm.", "Retention", "NLL")
 
 
@@ -108,22 +109,6 @@ class Table:
 
 def is_percent(metric: str) -> bool:
     return not metric.startswith(RAW_SCALE_PREFIXES) and metric not in LOWER_IS_BETTER
-
-
-def model_order(models) -> list[str]:
-    def rank(name: str) -> int:
-        if name == "pivot":
-            return 0
-        if name.startswith("expert:"):
-            return 1
-        if name == "joint":
-            return 2
-        if name.startswith("merge:"):
-            return 3
-        return 4
-
-    seen = list(dict.fromkeys(models))
-    return sorted(seen, key=lambda name: (rank(name), seen.index(name)))
 
 
 def _seed_stats(values: list[float]) -> tuple[float, float | None, int]:
@@ -218,9 +203,10 @@ def build_table(rows: list[dict], metric: str = "primary", reference: str = REFE
     percent = [b for b in shown if is_percent(store.metrics[b])]
     mean_over = lambda model, bs: lambda seed: (  # noqa: E731 - a small closure per summary
         sum(store.values[(model, b)][seed] for b in bs) / len(bs))
-    expert_ref = {s: cells[(f"expert:{s}", b)].mean for s, b in in_source.items()
-                  if (f"expert:{s}", b) in cells and cells[(f"expert:{s}", b)].mean > 0}
-    pivot_ref = {s: cells[("pivot", b)].mean for s, b in in_source.items() if ("pivot", b) in cells}
+    expert = {s: str(ModelId.expert(s)) for s in in_source}
+    expert_ref = {s: cells[(expert[s], b)].mean for s, b in in_source.items()
+                  if (expert[s], b) in cells and cells[(expert[s], b)].mean > 0}
+    pivot_ref = {s: cells[(str(PIVOT), b)].mean for s, b in in_source.items() if (str(PIVOT), b) in cells}
     retained = [s for s in expert_ref if s in pivot_ref and expert_ref[s] > pivot_ref[s]]
     table.undefined_retention = sorted(s for s in in_source if s not in retained)
     summaries: dict[str, dict[str, Cell]] = {c: {} for c in SUMMARY_COLUMNS}
@@ -249,7 +235,7 @@ def _retention(table: Table, store: _Store, model: str, sources: list[str], out:
     per_source_reps, values_by_seed = [], {}
     for s in sources:
         bench = table.in_source[s]
-        pivot, expert = "pivot", f"expert:{s}"
+        pivot, expert = str(PIVOT), str(ModelId.expert(s))
         if (model, bench) not in store.values:
             return
         seeds = sorted(set(store.values[(model, bench)]) & set(store.values[(pivot, bench)])
@@ -272,7 +258,7 @@ def _retention(table: Table, store: _Store, model: str, sources: list[str], out:
 
 
 def _best(table: Table) -> None:
-    merged = [m for m in table.models if m.startswith("merge:")]
+    merged = [m for m in table.models if kind_of(m) == "merge"]
     for column in table.columns:
         scored = [(table.cell(m, column).mean, m) for m in merged if table.cell(m, column) is not None]
         if scored:

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def loss_matrix(ctx, rows: int) -> dict[str, dict[str, float]]:
+    from pivotmerge.models.mllm import projector_swapped
     from pivotmerge.training import DEFAULT_INSTRUCTIONS
 
     mllm = ctx.mllm
@@ -31,20 +32,23 @@ def loss_matrix(ctx, rows: int) -> dict[str, dict[str, float]]:
         batches[name] = (feats.features["test"][:n], texts)
     matrix = {}
     for model, artifact in ctx.models().items():
-        mllm.projector.load_state_dict(ctx.projector(artifact))
-        matrix[model] = {}
-        for name, (features, texts) in batches.items():
-            sums, counts = torch.zeros(()), 0
-            with torch.no_grad():
-                for start in range(0, len(texts), 16):
-                    batch = mllm.collate_text(texts[start:start + 16])
-                    s, c = mllm.answer_logprobs(features[start:start + 16], **batch)
-                    sums, counts = sums + s.sum(), counts + int(c.sum())
-            matrix[model][name] = round(float(-sums / counts), 4)
+        with projector_swapped(mllm, ctx.projector(artifact)):
+            matrix[model] = {name: caption_loss(mllm, features, texts) for name, (features, texts) in batches.items()}
     return matrix
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@torch.no_grad()
+def caption_loss(mllm, features, texts: list[str], batch_size: int = 16) -> float:
+    """Mean negative log-likelihood per caption token of `texts` given `features`."""
+    sums, counts = torch.zeros(()), 0
+    for start in range(0, len(texts), batch_size):
+        batch = mllm.collate_text(texts[start:start + batch_size])
+        s, c = mllm.answer_logprobs(features[start:start + batch_size], **batch)
+        sums, counts = sums + s.sum(), counts + int(c.sum())
+    return round(float(-sums / counts), 4)
+
+
+@hydra.main(config_path="pkg://pivotmerge.conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
     from pivotmerge.pipeline.runner import run
 

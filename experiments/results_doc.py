@@ -21,7 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.report import build_table, plot_bars, read_rows, to_markdown  # noqa: E402
+from eval.plots import plot_bars  # noqa: E402
+from eval.store import read_rows  # noqa: E402
+from eval.table import build_table  # noqa: E402
+from eval.writers import to_markdown  # noqa: E402
 
 EXPERIMENTS = {
     "pivotmerge_vs_ties": "python run.py experiment=pivotmerge_vs_ties   # = make run",

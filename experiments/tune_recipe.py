@@ -46,8 +46,6 @@ def compose(overrides: list[str]):
 
 def score_source(mllm, features, labels, source, rows: int | None) -> dict:
     """k-way accuracy (all labels of the source) and caption NLL per token on the given rows."""
-    import torch
-
     from pivotmerge.models.scoring import score_choices
     from pivotmerge.training import DEFAULT_INSTRUCTIONS
 
@@ -66,6 +64,7 @@ def score_source(mllm, features, labels, source, rows: int | None) -> dict:
 def run_variant(name: str, overrides: list[str], rows: int | None) -> list[dict]:
     import torch
 
+    from pivotmerge.model_id import PIVOT, ModelId, kind_of
     from pivotmerge.pipeline.runner import run
 
     cfg = compose(overrides)
@@ -74,11 +73,11 @@ def run_variant(name: str, overrides: list[str], rows: int | None) -> list[dict]
     train_seconds = time.perf_counter() - started
     mllm = ctx.mllm
     out = []
-    models = {"pivot": ctx.pivot, **{f"expert:{k}": v for k, v in ctx.experts.items()}}
+    models = {str(PIVOT): ctx.pivot, **{str(ModelId.expert(k)): v for k, v in ctx.experts.items()}}
     for model, artifact in models.items():
         mllm.projector.load_state_dict(ctx.projector(artifact))
         for source, feats in ctx.features.items():
-            if model.startswith("expert:") and model != f"expert:{source}":
+            if kind_of(model) == "expert" and model != str(ModelId.expert(source)):
                 continue
             with torch.no_grad():
                 result = score_source(mllm, feats.features["val"], feats.labels["val"], ctx.sources[source], rows)

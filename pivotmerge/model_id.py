@@ -25,7 +25,7 @@ class ModelId:
         return f"{self.kind}:{self.name}" if self.name else self.kind
 
     @classmethod
-    def parse(cls, text: str) -> "ModelId | None":
+    def parse(cls, text: str) -> ModelId | None:
         """The id of a model name, or None for a name that is none of the four kinds."""
         kind, _, name = str(text).partition(":")
         try:
@@ -34,11 +34,11 @@ class ModelId:
             return None
 
     @classmethod
-    def expert(cls, source: str) -> "ModelId":
+    def expert(cls, source: str) -> ModelId:
         return cls("expert", source)
 
     @classmethod
-    def merge(cls, method: str) -> "ModelId":
+    def merge(cls, method: str) -> ModelId:
         return cls("merge", method)
 
     @property
@@ -58,6 +58,17 @@ def kind_of(text: str) -> str | None:
 def name_of(text: str) -> str:
     parsed = ModelId.parse(text)
     return parsed.name if parsed else str(text)
+
+
+def file_stem(text: str) -> str:
+    """A model name as a file name ("merge:ties" -> "merge_ties")."""
+    return str(text).replace(":", "_").replace("/", "_")
+
+
+def short_label(text: str) -> str:
+    """An expert or merge by its source or method ("expert:digits" -> "digits"); anything else as it is."""
+    parsed = ModelId.parse(text)
+    return parsed.name if parsed and parsed.name else str(text)
 
 
 def model_order(models) -> list[str]:

@@ -12,7 +12,7 @@ values they may take.
 """
 from dataclasses import dataclass, field, fields, is_dataclass
 from fnmatch import fnmatch
-from typing import Any, Optional, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -63,7 +63,7 @@ class ExpertsSchema:
 @dataclass
 class JointSchema:
     enabled: bool = rule()
-    steps: Optional[int] = rule(ge=1)
+    steps: int | None = rule(ge=1)
 
 
 @dataclass
@@ -91,7 +91,7 @@ class DataSchema:
 class VisionSchema:
     kind: str = rule(choices=("efficientnet_lite0", "hf"))
     feature_dim: int = rule(ge=1)
-    grid: Optional[int] = rule(ge=1)
+    grid: int | None = rule(ge=1)
     feature_norm: str = rule(choices=("none", "layernorm"))
 
 
@@ -110,7 +110,7 @@ class ModelSchema:
 @dataclass
 class EvalSchema:
     name: str = rule()
-    limit: Optional[int] = rule(ge=1, fix="null (all items) or a positive count")
+    limit: int | None = rule(ge=1, fix="null (all items) or a positive count")
     batch_size: int = rule(ge=1)
     workers: int = rule(ge=1)
     gen_batch_size: int = rule(ge=1)
@@ -141,8 +141,8 @@ class MergeSearchSchema:
 @dataclass
 class RunSchema:
     seed: int = rule()
-    seeds: Optional[list[int]] = rule()
-    num_experts_merged: Optional[int] = rule(ge=1)
+    seeds: list[int] | None = rule()
+    num_experts_merged: int | None = rule(ge=1)
     stages: list[str] = rule()
     trainer: TrainerSchema = rule()
     scenario: ScenarioSchema = rule()
@@ -218,14 +218,15 @@ def check_schema(node, schema, prefix: str) -> None:
 
 # ---- cross-key rules ---------------------------------------------------------------------------------
 def _check_stages_and_steps(cfg) -> None:
-    from pivotmerge.pipeline.stages import STAGE_NAMES as STAGES, plan
+    from pivotmerge.pipeline.stages import STAGE_NAMES as STAGES
+    from pivotmerge.pipeline.stages import plan
 
     stages = list(cfg.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise _fail("stages", cfg.stages, f"names unknown stage(s) {unknown}" if unknown else "is empty",
                     f"stages are {', '.join(STAGES)}, in that order")
-    if cfg.report.get("only", False):
+    if cfg.report.only:
         return
     planned = [stage.name for stage in plan(stages)]
     if "pivot" in planned and cfg.scenario.pivot.init == "warmup" and int(cfg.scenario.pivot.steps) < 1:
@@ -279,8 +280,8 @@ def _check_merges(cfg, n_experts: int) -> None:
     from pivotmerge.pipeline.merge import candidate_options, expand_variants
 
     methods = expand_variants(cfg)   # raises ConfigError on a bad variant
-    search = cfg.get("merge_search") or {}
-    grids = (search.get("grids") or {}) if search.get("enabled", False) else {}
+    search = cfg.merge_search
+    grids = (search.grids or {}) if search.enabled else {}
     generator = torch.Generator().manual_seed(0)
     pivot = {"0.weight": torch.randn(5, 4, generator=generator), "0.bias": torch.randn(5, generator=generator),
              "2.weight": torch.randn(3, 5, generator=generator), "2.bias": torch.randn(3, generator=generator)}
@@ -310,25 +311,27 @@ def _check_merges(cfg, n_experts: int) -> None:
             try:
                 fn(pivot, experts, **kwargs)
             except (MergeError, ConfigError) as exc:
-                where = f"merge_search.grids.{name} candidate {candidate}" if candidate is not options else f"merge.{name}"
+                where = (f"merge_search.grids.{name} candidate {candidate}" if candidate is not options
+                         else f"merge.{name}")
                 raise PreflightError(f"config {where}: {exc}") from exc
 
 
 def _check_eval_tasks(cfg, sources: list[str]) -> None:
-    if "eval" not in cfg.stages or cfg.report.get("only", False):
+    """eval.suite builds its pool (the pool's constructor checks its options); eval.tasks names its tasks."""
+    if "eval" not in cfg.stages or cfg.report.only:
         return
-    tasks = cfg.eval.get("tasks")
-    if str(cfg.eval.name) == "lmms_standard":
-        if not tasks:
-            raise _fail("eval.tasks", tasks, "is empty", "eval=lmms_standard needs lmms-eval task names")
-        return   # lmms-eval's own registry is consulted by the eval stage (indexing it takes a while)
-    from eval.suite import planned_task_names, suite_options
+    from eval.suite import make_pool
 
     try:
-        options = suite_options(cfg.eval.get("suite"))
+        pool = make_pool(cfg.eval)
     except ConfigError as exc:
         raise PreflightError(f"config eval.suite: {exc}") from exc
-    available = planned_task_names(options, sources)
+    available = pool.task_names(sources)
+    tasks = cfg.eval.tasks
+    if available is None:   # known only to lmms-eval's registry, which the eval stage consults (indexing is slow)
+        if not tasks:
+            raise _fail("eval.tasks", tasks, "is empty", f"{type(pool).__name__} runs the lmms-eval tasks named here")
+        return
     if tasks is None:
         return
     for pattern in [tasks] if isinstance(tasks, str) else list(tasks):
@@ -351,7 +354,7 @@ def required_modules(cfg) -> list[tuple[str, str]]:
         needed.append(("lmms_eval.evaluator", "the eval stage"))
     if "report" in stages or "eval" in stages:
         needed.append(("matplotlib", "the report's plots"))
-    if cfg.logger.wandb.get("enabled", False):
+    if cfg.logger.wandb.enabled:
         needed.append(("wandb", "logger=wandb (logger=none turns it off)"))
     return needed
 
@@ -396,7 +399,7 @@ def check(cfg, *, packages: bool = True) -> None:
     _check_stages_and_steps(cfg)
     _check_seeds(cfg)
     sources = _check_sources(cfg)
-    if cfg.report.get("only", False):
+    if cfg.report.only:
         return
     if any(s in cfg.stages for s in ("merge", "eval")):
         _check_merges(cfg, len(sources) if cfg.get("num_experts_merged") is None else int(cfg.num_experts_merged))

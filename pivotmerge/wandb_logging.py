@@ -29,7 +29,7 @@ _KEY = re.compile(r"[0-9a-f]{16}")
 
 def configure_wandb_env(cfg) -> None:
     """Keep W&B files under the run's output folder and default to offline mode."""
-    if not cfg.logger.wandb.get("enabled", False):
+    if not cfg.logger.wandb.enabled:
         os.environ.setdefault("WANDB_MODE", "disabled")
         return
     run_dir = Path(cfg.logger.wandb.dir)
@@ -42,7 +42,7 @@ def configure_wandb_env(cfg) -> None:
 
 
 def enabled(cfg) -> bool:
-    return cfg.get("logger") is not None and bool(cfg.logger.wandb.get("enabled", False))
+    return cfg.get("logger") is not None and bool(cfg.logger.wandb.enabled)
 
 
 def lightning_logger_factory(cfg):
@@ -55,7 +55,8 @@ def lightning_logger_factory(cfg):
     def make(stage: str, name: str):
         return WandbLogger(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
                            group=str(cfg.logger.wandb.group), name=f"{stage}-{name}-seed{cfg.seed}",
-                           job_type=stage, save_dir=str(cfg.logger.wandb.dir), offline=cfg.logger.wandb.mode == "offline",
+                           job_type=stage, save_dir=str(cfg.logger.wandb.dir),
+                           offline=cfg.logger.wandb.mode == "offline",
                            config=OmegaConf.to_container(cfg, resolve=True), reinit=True)
 
     return make
@@ -268,6 +269,30 @@ def log_report_lineage(run, stores: Iterable[Path], files: Iterable[Path]) -> No
             run.log_artifact(files_artifact(f"table-{run_folder.parent.name}-{run_folder.name}", "table", files))
     except Exception as exc:  # noqa: BLE001 - see _warn
         _warn("the report's artifacts", exc)
+
+
+def log_report_run(cfg, table, paths: dict[str, Path], stores: Iterable[Path] = ()) -> None:
+    """The report stage's run: the table as a W&B table and summary (`<model>/<column>` = mean), the bar chart,
+    and its lineage (results stores in, table files out)."""
+    run = start_run(cfg, "report", f"report-{cfg.experiment_name}")
+    if run is None:
+        return
+    import wandb
+
+    cells = {(m, c): table.cell(m, c) for m in table.models for c in table.columns}
+    data = [[m] + [None if cells[(m, c)] is None else cells[(m, c)].mean for c in table.columns]
+            for m in table.models]
+    run.log({"results": wandb.Table(columns=["model"] + table.columns, data=data)})
+    for (model, column), cell in cells.items():
+        if cell is not None:
+            run.summary[f"{model}/{column}"] = cell.mean
+    if "png" in paths:
+        run.log({"scores": wandb.Image(str(paths["png"]))})
+    log_report_lineage(run, stores, paths.values())
+    where = run.url if getattr(run, "url", None) else run.dir
+    run.finish()
+    hint = f"  (offline: `{sync_hint(cfg)}` uploads every run)" if sync_hint(cfg) else ""
+    print(f"  W&B: {where}{hint}", flush=True)
 
 
 # ---- reading offline runs back --------------------------------------------------------------------------

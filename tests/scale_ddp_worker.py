@@ -35,7 +35,9 @@ def main(models_dir: str, out_dir: str) -> None:
         tiny_model_cfg(models)  # children start after rank 0 reaches fit(): the folders exist by then
     cfg = OmegaConf.create({**OmegaConf.to_container(tiny_model_cfg_from(models)), "name": "tiny"})
     mllm = build_mllm(cfg, models / "cache", seed=rank)  # different start on each rank
-    train_cfg = OmegaConf.load(ROOT / "conf" / "trainer" / "ddp.yaml")
+    from pivotmerge.config import compose
+
+    train_cfg = compose(["trainer=ddp"], output_dir=Path(out_dir)).trainer   # ddp.yaml with what it inherits
     train_cfg.merge_with({"accelerator": "cpu", "devices": 2, "precision": "32-true", "batch_size": 4})
     steps = 3
     generator = torch.Generator().manual_seed(0)

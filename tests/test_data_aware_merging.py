@@ -20,8 +20,10 @@ D_IN, HIDDEN, D_OUT = 6, 5, 4
 
 def projector(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"0.weight": scale * torch.randn(HIDDEN, D_IN, generator=g), "0.bias": scale * torch.randn(HIDDEN, generator=g),
-            "2.weight": scale * torch.randn(D_OUT, HIDDEN, generator=g), "2.bias": scale * torch.randn(D_OUT, generator=g)}
+    return {"0.weight": scale * torch.randn(HIDDEN, D_IN, generator=g),
+            "0.bias": scale * torch.randn(HIDDEN, generator=g),
+            "2.weight": scale * torch.randn(D_OUT, HIDDEN, generator=g),
+            "2.bias": scale * torch.randn(D_OUT, generator=g)}
 
 
 def plus(a, b):

@@ -143,8 +143,9 @@ def test_eval_configs_resolve():
     assert embedded.eval.report["from"] == "latest"
     assert list(standard.eval.tasks) == ["mme", "pope", "mmbench_en_dev_static", "seedbench", "textvqa_val", "gqa",
                                          "scienceqa_img"]
-    assert set(standard.eval.primary_metrics) == set(standard.eval.tasks)
-    from eval.suite import suite_options
+    from eval.suite import EmbeddedSuite, LmmsTasks, make_pool
 
-    options = suite_options(embedded.eval.suite)
-    assert options["kinds"] == ["cls", "nll", "mc", "pope", "mme", "open", "cross"]
+    pool = make_pool(standard.eval)
+    assert isinstance(pool, LmmsTasks) and set(pool.primary_metrics) == set(standard.eval.tasks)
+    pool = make_pool(embedded.eval)
+    assert isinstance(pool, EmbeddedSuite) and pool.kinds == ["cls", "nll", "mc", "pope", "mme", "open", "cross"]

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("pm_task_utils", Path(__file__).parents[1] / "eval" / "tasks" / "utils.py")
+spec = importlib.util.spec_from_file_location("pm_task_utils",
+                                              Path(__file__).parents[1] / "eval" / "tasks" / "utils.py")
 U = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(U)
 

@@ -11,8 +11,23 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from eval.suite import SuiteSource, build_documents, load_suite, planned_task_names, suite_options, write_suite
+from eval.documents import SuiteSource, build_documents, planned_task_names
+from eval.suite import EmbeddedSuite, load_suite, make_pool, write_suite
 from pivotmerge.errors import ConfigError
+
+EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "eval" / "embedded.yaml"
+
+
+def eval_cfg(**overrides):
+    """conf/eval/embedded.yaml (the only place the suite's defaults live) with `overrides` (dotted keys)."""
+    cfg = OmegaConf.load(EVAL_CONF)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def suite_options(**overrides) -> dict:
+    return make_pool(eval_cfg(**{f"suite.{k}": v for k, v in overrides.items()})).settings
 
 SOURCES = {"digits": ["one", "two", "three", "four", "five"], "animals": ["cat", "dog", "cow", "bear"],
            "words": ["apple", "river", "storm", "piano"]}
@@ -34,11 +49,12 @@ def png(img):
 
 def synthetic_sources(n=N):
     return [SuiteSource(name, TEMPLATES[name], [png(image(s, "test", i)) for i in range(n)],
-                        [labels[i % len(labels)] for i in range(n)]) for s, (name, labels) in enumerate(SOURCES.items())]
+                        [labels[i % len(labels)] for i in range(n)])
+            for s, (name, labels) in enumerate(SOURCES.items())]
 
 
 def test_suite_is_deterministic_and_sized(tmp_path):
-    options = suite_options({"items_per_task": 12, "mme_images_per_category": 4})
+    options = suite_options(items_per_task=12, mme_images_per_category=4)
     first, second = build_documents(synthetic_sources(), options), build_documents(synthetic_sources(), options)
     assert first == second
     names = list(first)
@@ -65,7 +81,7 @@ def test_suite_is_deterministic_and_sized(tmp_path):
     for row in cross:   # options mix two sources: 2 captions of each
         kinds = [c.split(" ")[1] for c in row["choices"]]
         assert len(set(kinds)) == 2
-    default = suite_options(None)
+    default = suite_options()
     assert default["items_per_task"] >= 200 and default["mme_images_per_category"] * 2 * 4 >= 200
     meta = write_suite(synthetic_sources(), options, tmp_path / "suite")
     suite = load_suite(tmp_path / "suite")
@@ -74,23 +90,28 @@ def test_suite_is_deterministic_and_sized(tmp_path):
     with pytest.raises(ConfigError, match="pm_nonexistent"):
         suite.select(["pm_nonexistent"])
     with pytest.raises(ConfigError, match="unknown eval.suite option"):
-        suite_options({"itemz": 3})
+        suite_options(itemz=3)
+    with pytest.raises(ConfigError, match="eval.suite.kinds has"):
+        suite_options(kinds=["mc", "essay"])
+    with pytest.raises(ConfigError, match="lacks option"):
+        make_pool(OmegaConf.create({"suite": {"_target_": "eval.suite.EmbeddedSuite", "seed": 0}}))
+    assert isinstance(make_pool(eval_cfg()), EmbeddedSuite)
 
 
 # ---- a pipeline context with real artifacts -----------------------------------------------------------
 def make_context(tmp_path, mllm, model_cfg):
-    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
 
     from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
-    from pivotmerge.pipeline.features import SourceFeatures
     from pivotmerge.pipeline.context import Context, StageLog
+    from pivotmerge.pipeline.features import SourceFeatures
 
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({
         "experiment_name": "test", "seed": 0, "model": OmegaConf.to_container(model_cfg),
-        "eval": {"name": "embedded", "suite": {"items_per_task": N, "mme_images_per_category": 4}, "tasks": None,
-                 "limit": None, "batch_size": 8, "max_new_tokens": 4, "bootstrap_iters": 10,
-                 "report": {"from": "latest", "table_metric": "primary", "plot": True}},
+        "eval": eval_cfg(**{"suite.items_per_task": N, "suite.mme_images_per_category": 4, "tasks": None,
+                            "batch_size": 8, "max_new_tokens": 4, "bootstrap_iters": 10, "workers": 1}),
         "report": {"only": False}, "logger": {"wandb": {"enabled": False}}})
     out = tmp_path / "outputs" / "test" / "run1"
     ctx = Context(cfg=cfg, store=store, log=StageLog(), output_dir=out)
@@ -147,7 +168,8 @@ def test_eval_stage_and_report_end_to_end(tmp_path, tiny_mllm, tiny_model_cfg, m
     for bench in ("pm_mc_digits", "pm_mc_animals", "pm_mc_words", "pm_cross_mc"):
         assert abs(primary[bench] - 0.25) <= 0.3, (bench, primary[bench])
     assert abs(primary["pm_pope"] - 0.5) <= 0.25
-    mme_acc = next(r["value"] for r in rows if r["model"] == "pivot" and r["benchmark"] == "pm_mme" and r["metric"] == "acc")
+    mme_acc = next(r["value"] for r in rows
+                   if r["model"] == "pivot" and r["benchmark"] == "pm_mme" and r["metric"] == "acc")
     assert abs(mme_acc - 0.5) <= 0.25
     assert all(torch.equal(before[k], v) for k, v in tiny_mllm.projector.state_dict().items())
 
@@ -177,6 +199,7 @@ def test_unknown_benchmark_name_is_a_config_error(tmp_path, tiny_mllm, tiny_mode
         stage.run(ctx)
 
 
+@pytest.mark.slow   # 30-50 s on 2 busy cores: the eval stage from scratch, twice
 def test_evaluation_from_scratch_is_reproducible(tmp_path, tiny_mllm, tiny_model_cfg):
     """Same projectors, same suite, two empty caches: the stores hold identical numbers (no sampling anywhere)."""
     from eval import stage
@@ -191,6 +214,7 @@ def test_evaluation_from_scratch_is_reproducible(tmp_path, tiny_mllm, tiny_model
     assert values[0] == values[1] and len(values[0]) > 20
 
 
+@pytest.mark.slow   # 35-80 s: two worker processes each build the tiny MLLM
 def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, tiny_mllm, tiny_model_cfg):
     """eval.workers=2 evaluates pending projectors in spawned processes: same store rows, same logs."""
     from eval import stage

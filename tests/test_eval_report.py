@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from eval.report import MISSING, build_table, find_stores, read_rows, to_csv, to_latex, to_markdown, write_report
+from eval.store import find_stores, read_rows
+from eval.table import build_table
+from eval.writers import MISSING, to_csv, to_latex, to_markdown, write_report
 from pivotmerge.errors import ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -77,26 +79,21 @@ def test_report_files_and_store_lookup(tmp_path):
         store.mkdir(parents=True)
         (store / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     current = exp / "2026-01-03_00-00-00"
-    cfg = OmegaConf.create({"report": {"only": True}, "eval": {"report": {"from": "latest"}}})
-    stores = find_stores(cfg, current)
+    stores = find_stores("latest", current)
     assert stores == [exp / "2026-01-02_00-00-00" / "results"]
-    cfg.eval.report["from"] = "all"
-    assert len(find_stores(cfg, current)) == 2
-    cfg.eval.report["from"] = str(exp / "2026-01-01_00-00-00")
-    assert find_stores(cfg, current) == [exp / "2026-01-01_00-00-00" / "results"]
-    cfg.eval.report["from"] = str(tmp_path / "nowhere")
+    assert len(find_stores("all", current)) == 2
+    assert find_stores(str(exp / "2026-01-01_00-00-00"), current) == [exp / "2026-01-01_00-00-00" / "results"]
     with pytest.raises(ConfigError, match="no results.jsonl"):
-        find_stores(cfg, current)
+        find_stores(str(tmp_path / "nowhere"), current)
     with pytest.raises(ConfigError, match="no results store"):
-        find_stores(OmegaConf.create({"eval": {"report": {"from": "latest"}}}), tmp_path / "x" / "y")
+        find_stores("latest", tmp_path / "x" / "y")
     paths = write_report(build_table(read_rows(stores)), tmp_path / "report")
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert paths["tex"].read_text().startswith("\\begin{tabular}") and "\\toprule" in paths["tex"].read_text()
 
 
 def test_wandb_offline_run_holds_the_table_and_says_where(tmp_path, capsys, monkeypatch):
-    from eval.report import log_wandb
-    from pivotmerge.wandb_logging import configure_wandb_env
+    from pivotmerge.wandb_logging import configure_wandb_env, log_report_run
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = OmegaConf.create({"experiment_name": "t", "seed": 0, "logger": {"wandb": {
@@ -105,7 +102,7 @@ def test_wandb_offline_run_holds_the_table_and_says_where(tmp_path, capsys, monk
     configure_wandb_env(cfg)
     table = build_table(known_rows())
     paths = write_report(table, tmp_path / "report", plot=False)
-    log_wandb(cfg, table, paths)
+    log_report_run(cfg, table, paths)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     logged = json.loads(next((runs[0] / "files" / "media" / "table").glob("results_*.table.json")).read_text())
@@ -117,7 +114,7 @@ def test_wandb_offline_run_holds_the_table_and_says_where(tmp_path, capsys, monk
 
 
 def test_units_are_named_in_the_store_and_the_csv():
-    from eval.stage import results_rows
+    from eval.store import results_rows
 
     lmms = {"results": {"pm_mc_digits": {"alias": "pm_mc_digits", "acc,none": 0.5, "acc_stderr,none": 0.1},
                         "pm_mme": {"mme_score,none": 150.0, "acc,none": 0.6}}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pivotmerge.merging import MergeConfigError, MergeInputError, group_layers, layer_name, merge, task_vectors
+from pivotmerge.merging import MergeConfigError, MergeInputError, merge, task_vectors
 
 
 def make(k=3, seed=0, dtype=torch.float32):
@@ -79,7 +79,8 @@ def test_task_vectors_helper():
 # -------------------------------------------------------------------------------------- DARE
 @pytest.mark.parametrize("name,base,extra", [("dare_ta", "task_arithmetic", {}),
                                              ("dare_ties", "ties", {"density": 0.5, "scope": "tensor"}),
-                                             ("dare_ties", "ties", {"density": 0.3, "scope": "global", "sign": "count"})])
+                                             ("dare_ties", "ties",
+                                              {"density": 0.3, "scope": "global", "sign": "count"})])
 def test_dare_p0_equals_its_base(name, base, extra):
     pivot, experts = make(3)
     a = merge(name, pivot, experts, p=0.0, lam=0.8, **extra)

@@ -39,7 +39,8 @@ def test_round_trip_matches_library(ckpts, capsys, ext_in, ext_out):
     d, pivot, experts = ckpts
     out = d / f"merged.{ext_out}"
     rc = main(["merge", "ties", "--base", str(d / f"pivot.{ext_in}"), "--experts",
-               *[str(d / f"e{i}.{ext_in}") for i in range(3)], "--out", str(out), "density=0.5", "scope=tensor", "lam=1"])
+               *[str(d / f"e{i}.{ext_in}") for i in range(3)], "--out", str(out), "density=0.5", "scope=tensor",
+               "lam=1"])
     assert rc == 0
     got = load_state_dict(out)
     ref = merge("ties", pivot, experts, density=0.5, scope="tensor", lam=1.0)
@@ -56,8 +57,8 @@ def test_pivotmerge_options_typed_and_diagnostics_written(ckpts, capsys):
                "--diagnostics", str(d / "diag"), "rank_mode=energy", "energy=0.5"])
     assert rc == 0
     pivot = load_state_dict(d / "pivot.bin")
-    ref = merge("pivotmerge_data_free", pivot, experts[:2], weight_range=[0.2, 1.0], filter="cosine", rank_mode="energy",
-                energy=0.5)
+    ref = merge("pivotmerge_data_free", pivot, experts[:2], weight_range=[0.2, 1.0], filter="cosine",
+                rank_mode="energy", energy=0.5)
     got = load_state_dict(d / "m.safetensors")
     assert all(torch.equal(got[k], ref[k]) for k in ref)
     diag = json.loads((d / "diag" / "diagnostics.json").read_text())

@@ -20,7 +20,8 @@ def test_tiny_mllm_loss_and_gradients(tiny_mllm):
     images = [Image.new("RGB", (40, 40), (i * 60, 30, 200 - i * 50)) for i in range(3)]
     features = tiny_mllm.encode_images(images)
     assert features.shape == (3, 4, 24)  # 4x4 patch grid pooled to 2x2
-    encoded = [tiny_mllm.encode_text("Describe the image briefly.", c) for c in ["a cat", "a dog", "a sign that reads apple"]]
+    encoded = [tiny_mllm.encode_text("Describe the image briefly.", c)
+               for c in ["a cat", "a dog", "a sign that reads apple"]]
     batch = tiny_mllm.collate_text(encoded)
     # labels cover exactly the answer tokens (caption + end-of-turn)
     for (ids, start), labels in zip(encoded, batch["labels"]):

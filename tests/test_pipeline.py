@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from pivotmerge.errors import ConfigError, DataError
 from pivotmerge.pipeline.runner import run
@@ -32,7 +31,7 @@ def test_stages_run_then_are_reused(first_run, tiny_model_cfg):
     assert {r["status"] for r in again.log.rows} == {"reused"}
     # experts start from the pivot and move away from it
     pivot = again.projector(again.pivot)
-    for name, artifact in again.experts.items():
+    for artifact in again.experts.values():
         expert = again.projector(artifact)
         assert set(expert) == set(pivot) == {"0.weight", "0.bias", "2.weight", "2.bias"}
         assert any(not torch.equal(expert[k], pivot[k]) for k in pivot)
@@ -73,6 +72,7 @@ def test_seed_changes_pivot_and_experts(first_run, tiny_model_cfg):
     assert status["data"] == status["features"] == "reused"
 
 
+@pytest.mark.slow   # 23-28 s: trains the tiny pipeline twice
 def test_training_is_deterministic(tiny_model_cfg, tmp_path):
     a = run(compose_cfg(tmp_path / "a", tiny_model_cfg, [STAGES]))
     b = run(compose_cfg(tmp_path / "b", tiny_model_cfg, [STAGES]))
@@ -81,6 +81,7 @@ def test_training_is_deterministic(tiny_model_cfg, tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow   # 17-29 s: a killed and a resumed training run
 def test_killed_run_resumes_from_checkpoint(tiny_model_cfg, tmp_path, monkeypatch):
     """A run that dies mid-training resumes from its last checkpoint and ends where a clean run ends."""
     from pivotmerge.training import ProjectorAlignment

@@ -13,6 +13,7 @@ from tests.tiny_models import build_tiny_models
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow   # 50-65 s: the pipeline in two gloo ranks
 @pytest.mark.timeout(400)
 def test_pipeline_under_ddp_on_cpu(tmp_path):
     if not torch.distributed.is_gloo_available():

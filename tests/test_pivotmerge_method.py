@@ -70,7 +70,8 @@ def orth_case():
     ({"filter": "cosine", "filter_threshold": 0.5}, [[2.0, 1.0]], [0.5]),   # expert 2 dropped from shared
     ({"filter": "none", "rank_mode": "energy", "energy": 0.7}, [[1.0, 1.0]], [0.5]),  # 4/5.25 >= 0.7 -> r=1
     ({"filter": "none", "rank_mode": "energy", "energy": 0.8}, [[1.0, 0.5]], [0.25]),  # r=2 -> mean
-    ({"filter": "none", "remainder_density": 0.5}, [[1.0, 1.0]], [0.0]),   # rho_2 trimmed per tensor: bias keeps int(0.5)=0
+    # rho_2 trimmed per tensor: the bias keeps int(0.5) = 0 entries
+    ({"filter": "none", "remainder_density": 0.5}, [[1.0, 1.0]], [0.0]),
     ({"sdf": False}, [[2.0, 1.0]], [0.5]),                            # task arithmetic
 ])
 def test_known_answers_two_orthogonal_experts(opts, weight, bias):

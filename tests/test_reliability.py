@@ -47,6 +47,7 @@ def assert_same(a: dict, b: dict, atol: float = 1e-6) -> None:
 
 
 # ---- SIGKILL mid-training ---------------------------------------------------------------------------
+@pytest.mark.slow   # ~80 s: worker processes killed and resumed
 def test_sigkilled_training_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_model_cfg):
     steps = ["scenario.experts.steps=6", "trainer.checkpoint_every=1"]
     killed = worker(tmp_path / "killed", tiny_model_cfg, 0.4, *steps)
@@ -81,6 +82,7 @@ def test_sigkilled_training_resumes_and_matches_an_uninterrupted_run(tmp_path, t
 
 
 # ---- two processes on one cache key -----------------------------------------------------------------
+@pytest.mark.slow   # ~60 s: two worker processes
 def test_two_processes_on_one_cache_key_train_once(tmp_path, tiny_model_cfg):
     first, second = (worker(tmp_path, tiny_model_cfg, 0.3) for _ in range(2))
     results = [finish(first), finish(second)]
@@ -111,6 +113,7 @@ def two_cold_runs(tmp_path_factory, tiny_model_cfg):
     return runs
 
 
+@pytest.mark.slow   # the two_cold_runs fixture: ~50 s, two full runs
 def test_two_cold_runs_give_byte_identical_tables(two_cold_runs):
     tables = [(Path(cfg.paths.output_dir) / "report" / "table.csv").read_bytes() for _, cfg, _ in two_cold_runs]
     assert tables[0] == tables[1] and tables[0].count(b"\n") >= 4
@@ -128,6 +131,7 @@ DAMAGE = {   # stage folder -> a file inside the entry to damage
 }
 
 
+@pytest.mark.slow   # uses the two_cold_runs fixture
 @pytest.mark.parametrize("stage", sorted(DAMAGE))
 def test_damaged_entry_is_moved_aside_and_rebuilt(two_cold_runs, stage, capfd):
     tmp, cfg, _ = two_cold_runs[0]
@@ -220,6 +224,7 @@ def _run_py(tmp: Path, override: str) -> subprocess.CompletedProcess:
                            f"hydra.run.dir={tmp}/out"], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow   # 17 run.py processes: minutes on 2 busy cores
 def test_bad_configs_are_rejected_before_anything_runs(tmp_path):
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda case: _run_py(tmp_path / str(case[0]), case[1][0]), enumerate(BAD_CONFIGS)))

@@ -20,8 +20,8 @@ def test_doc_and_readme_come_from_the_newest_store(tmp_path):
     (outputs / "paper_table" / "2026-01-01_00-00-00" / "heldout_loss.md").write_text("| model | x |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{README_BEGIN}\nstale\n{README_END}\n\ntail\n")
-    main(["--outputs", str(outputs), "--multirun", str(tmp_path / "none"), "--doc", str(tmp_path / "docs" / "results.md"),
-          "--readme", str(readme)])
+    main(["--outputs", str(outputs), "--multirun", str(tmp_path / "none"),
+          "--doc", str(tmp_path / "docs" / "results.md"), "--readme", str(readme)])
     doc = (tmp_path / "docs" / "results.md").read_text()
     assert "## paper_table" in doc and "2026-01-02_00-00-00" in doc
     assert "| merge:pivotmerge | **71.0 (sd 1.4)** |" in doc   # seeds 0/1 of the newest store, not zeros
@@ -32,7 +32,7 @@ def test_doc_and_readme_come_from_the_newest_store(tmp_path):
 
 
 def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
-    from eval.report import build_table
+    from eval.table import build_table
     from experiments.results_doc import signal_checks
     from tests.test_eval_report import _row
 
@@ -48,7 +48,7 @@ def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
 
 
 def test_findings_state_gaps_in_table_units_and_spot_identical_rows():
-    from eval.report import build_table
+    from eval.table import build_table
     from experiments.results_doc import findings
     from tests.test_eval_report import _row
 

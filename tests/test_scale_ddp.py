@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("scale_ddp_worker.py")
 
 
+@pytest.mark.slow   # ~27 s: two gloo ranks
 def test_ddp_two_cpu_ranks_end_identical(tmp_path):
     pytest.importorskip("torch.distributed")
     if not torch.distributed.is_gloo_available():

@@ -73,7 +73,8 @@ def test_real_data_configs_compose_with_the_k4_scenario(data, monkeypatch):
     monkeypatch.setenv("CC12M_SHARDS", "/x/{00000..00009}.tar")
     monkeypatch.setenv("LLAVA_PRETRAIN", "/y")
     cfg = _compose(f"data={data}", "scenario=cc12m_k4", "trainer=ddp", "model=llava15_7b")
-    assert list(cfg.scenario.sources) == ["d0", "d1", "d2", "d3"] and sorted(cfg.data.sources) == list(cfg.scenario.sources)
+    assert list(cfg.scenario.sources) == ["d0", "d1", "d2", "d3"]
+    assert sorted(cfg.data.sources) == list(cfg.scenario.sources)
     sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
     assert [s["domain"] for s in sources.values()] == ["d0", "d1", "d2", "d3"]
     assert len({s["name"] for s in sources.values()}) == 4

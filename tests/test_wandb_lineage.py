@@ -59,7 +59,9 @@ def make_entry(store, stage, spec, files=("projector.safetensors",)):
 
 
 def test_stage_runs_log_entries_and_declare_inputs(tmp_path, offline_env, capsys):
-    from eval.report import build_table, log_wandb, write_report
+    from eval.table import build_table
+    from eval.writers import write_report
+    from pivotmerge.wandb_logging import log_report_run
     from tests.test_eval_report import known_rows
 
     cfg = OmegaConf.create({"experiment_name": "exp", "seed": 0, "logger": {"wandb": {
@@ -89,7 +91,7 @@ def test_stage_runs_log_entries_and_declare_inputs(tmp_path, offline_env, capsys
     models = {"pivot": pivot, "expert:digits": expert, "merge:ties": merged}
     log_eval_run(cfg, store, models, dict(zip(models, evals)), {m: {"pm_mc_digits": 0.25} for m in models}, results)
     table = build_table(known_rows())
-    log_wandb(cfg, table, write_report(table, results.parent / "report", plot=False), [results])
+    log_report_run(cfg, table, write_report(table, results.parent / "report", plot=False), [results])
 
     runs = runs_by_name(tmp_path / "out" / "wandb")
     assert set(runs) == {"features-seed0", "pivot-seed0", "expert-seed0", "merge-seed0", "eval-seed0", "report-exp"}
@@ -172,7 +174,8 @@ def test_offline_runs_hold_artifacts_and_lineage(tiny_model_cfg, tmp_path, offli
     results = f"results-{tmp_path.name}-out"
     assert results in eval_outputs and sum(n.startswith("eval-") for n in eval_outputs) == 5
     assert names(runs["report-lineage"]["inputs"]) == {results}
-    assert names(a for a in runs["report-lineage"]["outputs"] if a.type != "run_table") == {f"table-{tmp_path.name}-out"}
+    outputs = names(a for a in runs["report-lineage"]["outputs"] if a.type != "run_table")
+    assert outputs == {f"table-{tmp_path.name}-out"}
 
     # a projector is a reference artifact into the cache; its consumers name the very same version
     produced = {a.name: a for r in runs.values() for a in r["outputs"]}

@@ -13,23 +13,22 @@ Outputs (``write_split``), in the format every scenario shares:
 * ``report.json`` and ``report.md``: each domain's size and share, its most distinctive caption words
   (class-based tf-idf: one document per domain, English stop words removed) and a few example captions.
 
-``pivotmerge split-domains {webdataset,llava-json} INPUT... --k 4 --out DIR`` runs it from the command line.
+``pivotmerge split-domains {webdataset,llava-json} INPUT... --k 4 --out DIR`` runs it from the command line
+(pivotmerge/cli/domains.py).
 ``--embedder tfidf`` swaps MiniLM for sparse tf-idf vectors (no neural model; much faster on CPU, coarser).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pivotmerge.cli import CLIError, subcommand
-from pivotmerge.errors import DataError, MissingDependencyError
+from pivotmerge.errors import ConfigError, DataError, MissingDependencyError
 
 EmbedFn = Callable[[Sequence[str]], "np.ndarray"]
 
@@ -83,7 +82,7 @@ def kmeans_labels(embeddings, k: int, seed: int) -> np.ndarray:
 
     n = embeddings.shape[0]
     if k < 2:
-        raise CLIError(f"k must be at least 2, got {k}")
+        raise ConfigError(f"k must be at least 2, got {k}")
     if n < k:
         raise DataError(f"cannot split {n} captions into {k} domains: need at least k captions")
     if n > 50_000:  # Lloyd on 10^6 x 384 is slow; mini-batch k-means is the standard large-N choice
@@ -180,51 +179,3 @@ def write_split(split: DomainSplit, out_dir: str | os.PathLike) -> list[Path]:
         os.replace(tmp, out / name)
         paths.append(out / name)
     return paths
-
-
-# ------------------------------------------------------------------------------------------- CLI
-def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", choices=["webdataset", "llava-json"], help="corpus format")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="webdataset: shard paths/globs/brace patterns (quote them); llava-json: the JSON file")
-    p.add_argument("--k", type=int, default=4, help="number of domains (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/domains.json, report.json, report.md")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="cluster only the first N captions (the domain lists then cover those N)")
-    p.add_argument("--embedder", choices=["minilm", "tfidf"], default="minilm",
-                   help="minilm: all-MiniLM-L6-v2 sentence embeddings (default); tfidf: sparse word vectors")
-    p.add_argument("--device", default=None, help="MiniLM device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=256, help="MiniLM batch size")
-
-
-def _records(args):
-    if args.format == "webdataset":
-        from pivotmerge.data.sources.webdataset import WebDatasetSource
-
-        return WebDatasetSource("split-domains", args.inputs).iter_captions()
-    from pivotmerge.data.sources.llava_json import LlavaJsonSource
-
-    if len(args.inputs) != 1:
-        raise CLIError("llava-json takes exactly one JSON file")
-    return LlavaJsonSource("split-domains", args.inputs[0], image_folder=".").iter_captions()
-
-
-@subcommand("split-domains", help="split a captioned corpus into K domains by clustering caption embeddings",
-            configure=_configure)
-def run_split_domains(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    def embed(texts):  # MiniLM loads only once the records are read: input errors surface first
-        if args.embedder == "tfidf":
-            return tfidf_embedder(texts)
-        return MiniLMEmbedder(device=args.device, batch_size=args.batch_size)(texts)
-
-    split = split_domains(_records(args), args.k, args.seed, embed_fn=embed, max_samples=args.max_samples,
-                          embedder_name="all-MiniLM-L6-v2" if args.embedder == "minilm" else "tfidf")
-    paths = write_split(split, args.out)
-    print(f"pivotmerge split-domains: {split.report['samples']} captions -> {args.k} domains "
-          f"in {time.perf_counter() - started:.1f}s")
-    for name, info in split.report["domains"].items():
-        print(f"  {name}: {info['size']:>8} ({info['share']:.1%})  {', '.join(info['top_words'][:6])}")
-    print("  wrote " + ", ".join(str(p) for p in paths))
-    return 0

@@ -12,11 +12,11 @@ so the conversion is the prefix (and optionally a dtype).
   ``.safetensors``, or a checkpoint folder with sharded weights and an index) or a Lightning checkpoint of
   ours -> a plain projector state dict, usable as a pivot or expert by ``pivotmerge merge``.
 
-CLI: ``pivotmerge export-llava IN OUT [--dtype bfloat16]`` and ``pivotmerge import-llava IN OUT``.
+CLI (pivotmerge/cli/llava.py): ``pivotmerge export-llava IN OUT [--dtype bfloat16]`` and
+``pivotmerge import-llava IN OUT``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from pivotmerge.cli import CLIError, subcommand
 from pivotmerge.errors import ConfigError
 from pivotmerge.io import CheckpointError, load_state_dict, save_state_dict
 
@@ -141,7 +140,7 @@ def export_llava(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | No
     state = to_llava(from_llava(load_state_dict(src), where=str(src)), dtype)
     dst = Path(dst)
     if dst.suffix != ".bin":
-        raise CLIError(f"{dst}: LLaVA reads mm_projector.bin (torch.save); give OUT a .bin name")
+        raise ConfigError(f"{dst}: LLaVA reads mm_projector.bin (torch.save); give OUT a .bin name")
     save_state_dict(state, dst)
     return state
 
@@ -151,40 +150,3 @@ def import_llava(src: str | os.PathLike, dst: str | os.PathLike, dtype: str | No
     state = from_llava(read_projector_checkpoint(src), dtype, where=str(src))
     save_state_dict(state, dst)
     return state
-
-
-# ------------------------------------------------------------------------------------------- CLI
-def _describe(state: dict[str, torch.Tensor]) -> str:
-    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.items())
-    dtype = next(iter(state.values())).dtype
-    return f"{len(state)} tensors, {sum(v.numel() for v in state.values()):,} values, {dtype}: {shapes}"
-
-
-def _configure_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="IN", help="projector state dict (pivot, expert or merged; .safetensors/.bin)")
-    p.add_argument("output", metavar="OUT", help="LLaVA mm_projector.bin to write")
-    p.add_argument("--dtype", default="keep", choices=["keep", *DTYPES],
-                   help="cast floating tensors (LLaVA-1.5 trains in bfloat16); default: keep")
-
-
-@subcommand("export-llava", help="export a projector as LLaVA's mm_projector.bin (pretrain_mm_mlp_adapter)",
-            configure=_configure_export)
-def run_export(args: argparse.Namespace) -> int:
-    state = export_llava(args.input, args.output, args.dtype)
-    print(f"pivotmerge export-llava: wrote {args.output} ({_describe(state)})")
-    return 0
-
-
-def _configure_import(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="IN",
-                   help="LLaVA mm_projector.bin, a full LLaVA checkpoint file, or a checkpoint folder")
-    p.add_argument("output", metavar="OUT", help="projector state dict to write (.safetensors or .bin)")
-    p.add_argument("--dtype", default="keep", choices=["keep", *DTYPES], help="cast floating tensors")
-
-
-@subcommand("import-llava", help="import a LLaVA projector (or full checkpoint) as a pivot/expert state dict",
-            configure=_configure_import)
-def run_import(args: argparse.Namespace) -> int:
-    state = import_llava(args.input, args.output, args.dtype)
-    print(f"pivotmerge import-llava: wrote {args.output} ({_describe(state)})")
-    return 0

@@ -245,6 +245,7 @@ def check_stats(stats: Sequence[ExpertStats] | None, n_experts: int, method: str
     return stats
 
 
-__all__ = ["PINV_RTOL", "ExpertStats", "apply_layer", "calibration_needs", "needs_of", "augmented_gram", "augmented_task_matrix", "check_stats",
+__all__ = ["PINV_RTOL", "ExpertStats", "apply_layer", "calibration_needs", "needs_of", "augmented_gram",
+           "augmented_task_matrix", "check_stats",
            "compute_stats", "gram_solve", "layer_gram", "layer_inputs", "layer_keys", "linear_layers", "load_stats",
            "projector_forward", "regmean_solve", "save_stats", "shrink", "split_update"]

@@ -203,7 +203,8 @@ def _plots(diag: Mapping, out: Path) -> list[Path]:
             vals = [layers[n].get(key) if isinstance(layers[n].get(key), (int, float)) else 0.0 for n in names]
             ax.bar(range(len(names)), vals, color="#4C72B0")
             ax.set_xticks(range(len(names)))
-            ax.set_xticklabels(names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center", fontsize=7)
+            ax.set_xticklabels(names, rotation=45 if len(names) > 4 else 0,
+                               ha="right" if len(names) > 4 else "center", fontsize=7)
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("layer", fontsize=8)
             ax.tick_params(labelsize=7)

@@ -37,8 +37,10 @@ NON_OPTIONS = frozenset({"diagnostics", "calibration", "calibration_loss"})
 
 
 def conf_dir() -> Path:
-    """The folder holding the merge configs (the one place that knows where it is)."""
-    return Path(__file__).resolve().parents[2] / "conf" / "merge"
+    """The folder holding the merge configs."""
+    from pivotmerge.config import CONF_DIR
+
+    return CONF_DIR / "merge"
 
 
 def available() -> list[str]:

@@ -29,7 +29,7 @@ class PromptFormat:
     answer_end: str
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, system: str | None = None) -> "PromptFormat":
+    def from_tokenizer(cls, tokenizer, system: str | None = None) -> PromptFormat:
         if not getattr(tokenizer, "chat_template", None):
             return cls(prefix="", suffix="\n", answer_end=tokenizer.eos_token or "")
         messages = [{"role": "user", "content": _MARK}]
@@ -222,9 +222,17 @@ def build_mllm(model_cfg, cache_dir, *, projector_state: dict | None = None, wit
     return mllm
 
 
-def load_projector_state(projector: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def projector_mismatch(projector: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why `state` cannot be loaded into `projector` (other names or shapes); None when it fits."""
     expected = {k: tuple(v.shape) for k, v in projector.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items()}
     if expected != given:
-        raise ConfigError(f"projector weights do not fit model.projector: expected {expected}, got {given}")
+        return f"projector weights do not fit model.projector: expected {expected}, got {given}"
+    return None
+
+
+def load_projector_state(projector: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    problem = projector_mismatch(projector, state)
+    if problem:
+        raise ConfigError(problem)
     projector.load_state_dict(state)

@@ -4,9 +4,10 @@ Every prompt goes through `MLLM.encode_text`, so scoring sees exactly the token 
     [chat prefix][visual tokens]["\\n" + instruction + assistant header][answer + end-of-turn]
 
 `score_choices` runs the shared prefix (chat prefix + visual tokens + instruction + the answer tokens that
-all of the item's choices begin with) ONCE per item with `use_cache=True`, then expands the cache to one row per choice and scores all choices of all items of the
-batch in a second forward over the (short) answer tokens only. Prefixes are right-padded: padding slots
-stay inside the cache but are masked out, and position ids of the answer tokens continue from each row's
+all of the item's choices begin with) ONCE per item with `use_cache=True`, then expands the cache to one row per
+choice and scores all choices of all items of the batch in a second forward over the (short) answer tokens
+only. Prefixes are right-padded: padding slots stay inside the cache but are masked out, and position ids of
+the answer tokens continue from each row's
 own prefix length, so there is never a fully masked attention row (no NaN from left padding) and the
 result equals one full forward per (item, choice) (`score_choices_naive`, the test/benchmark reference).
 """

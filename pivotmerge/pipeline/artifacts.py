@@ -21,20 +21,21 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pivotmerge.errors import CacheError
 
 # Bump a stage's version when its code changes what it writes: old entries then stop matching.
-STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2, "eval_suite": 2, "stats": 1,
-                  "fisher": 1, "lmc": 1}
+STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2,
+                  "eval_suite": 2, "stats": 1, "fisher": 1, "lmc": 1}
 MANIFEST = "manifest.json"
 # Distributions whose version shapes each stage's output (part of its key).
 STAGE_LIBRARIES = {
@@ -53,7 +54,7 @@ STAGE_LIBRARIES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def library_version(distribution: str) -> str:
     try:
         return metadata.version(distribution)

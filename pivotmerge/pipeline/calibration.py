@@ -18,7 +18,8 @@ from pivotmerge.pipeline.artifacts import Artifact, content_key
 STATS_FILE = "stats.safetensors"
 
 
-def diagonal_fisher(mllm, state: dict[str, torch.Tensor], features: torch.Tensor, texts: list) -> dict[str, torch.Tensor]:
+def diagonal_fisher(mllm, state: dict[str, torch.Tensor], features: torch.Tensor,
+                    texts: list) -> dict[str, torch.Tensor]:
     """Mean over rows of the squared gradient of each row's caption loss w.r.t. the projector's parameters
     (the empirical diagonal Fisher, one backward per row as in Fisher merging)."""
     from pivotmerge.models.mllm import projector_swapped

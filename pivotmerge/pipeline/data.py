@@ -75,7 +75,8 @@ def data_spec(name: str, source_cfg, split_cfg) -> dict:
 
 def run_data_stage(store: ArtifactStore, name: str, source_cfg, split_cfg) -> Artifact:
     """Build (or reuse) the HF DatasetDict of one source: columns image, label, source, index."""
-    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, Value
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
 
     spec = data_spec(name, source_cfg, split_cfg)
     key = content_key("data", spec)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pivotmerge.model_id import PIVOT, ModelId, short_label
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 
 LMC_FILE = "lmc.json"
@@ -32,8 +33,9 @@ def barrier(ts: list[float], losses: list[float]) -> float:
 
 
 def lines(pivot, experts: dict) -> list[tuple[str, str, dict, dict]]:
-    out = [("pivot", f"expert:{n}", pivot, e) for n, e in experts.items()]
-    out += [(f"expert:{a}", f"expert:{b}", experts[a], experts[b]) for a, b in combinations(experts, 2)]
+    name = {n: str(ModelId.expert(n)) for n in experts}
+    out = [(str(PIVOT), name[n], pivot, e) for n, e in experts.items()]
+    out += [(name[a], name[b], experts[a], experts[b]) for a, b in combinations(experts, 2)]
     return out
 
 
@@ -61,16 +63,16 @@ def plot(data: dict, path: Path) -> Path:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for line in data["lines"]:
-        style = "-" if line["from"] == "pivot" else "--"
+        style = "-" if line["from"] == str(PIVOT) else "--"
         left.plot(data["t"], line["losses"], style, marker="o", ms=3,
-                  label=f"{line['from']} -> {line['to']}".replace("expert:", ""))
+                  label=f"{short_label(line['from'])} -> {short_label(line['to'])}")
     left.set_xlabel("t (0 = first endpoint, 1 = second)")
     left.set_ylabel("calibration caption loss")
     left.legend(fontsize=6, ncol=2)
     left.grid(alpha=0.3)
-    names = [f"{line['from']}->{line['to']}".replace("expert:", "") for line in data["lines"]]
+    names = [f"{short_label(line['from'])}->{short_label(line['to'])}" for line in data["lines"]]
     right.barh(range(len(names)), [line["barrier"] for line in data["lines"]],
-               color=["tab:gray" if line["from"] == "pivot" else "tab:red" for line in data["lines"]])
+               color=["tab:gray" if line["from"] == str(PIVOT) else "tab:red" for line in data["lines"]])
     right.set_yticks(range(len(names)))
     right.set_yticklabels(names, fontsize=7)
     right.invert_yaxis()

@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 
 from pivotmerge.errors import ConfigError
 from pivotmerge.merging.calibration import needs_of
-from pivotmerge.models.mllm import projector_swapped
 from pivotmerge.merging.registry import accepted_extras, check_options, conf_dir, import_target
+from pivotmerge.models.mllm import projector_swapped
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
 from pivotmerge.wandb_logging import log_stage_run
@@ -88,7 +88,7 @@ def expand_variants(cfg) -> dict:
     from pivotmerge.merging.registry import available
 
     methods = dict(cfg.get("merge") or {})
-    for name, variant in (cfg.get("merge_variants") or {}).items():
+    for name, variant in (cfg.merge_variants or {}).items():
         variant = OmegaConf.to_container(variant, resolve=True)
         base = variant.pop("base", None)
         path = conf_dir() / f"{base}.yaml"
@@ -153,7 +153,7 @@ def run(ctx) -> None:
         return
     pivot = ctx.projector(ctx.pivot)
     expert_names = list(ctx.experts)
-    subset = cfg.get("num_experts_merged")
+    subset = cfg.num_experts_merged
     if subset is not None:
         if not 1 <= int(subset) <= len(expert_names):
             raise ConfigError(f"num_experts_merged={subset} must be between 1 and {len(expert_names)}")
@@ -161,7 +161,7 @@ def run(ctx) -> None:
     ctx.merge_experts = expert_names
     experts = [ctx.projector(ctx.experts[n]) for n in expert_names]
     inputs = MergeInputs(ctx, expert_names)
-    search = cfg.get("merge_search") or {}
+    search = cfg.merge_search
     selections = {}
     for name, method_cfg in methods.items():
         if "_target_" not in method_cfg:
@@ -169,7 +169,7 @@ def run(ctx) -> None:
         options = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items()
                    if not k.startswith("_")}
         check_options(import_target(method_cfg._target_, f"merge.{name}"), options, f"merge.{name}")
-        if search.get("enabled", False):
+        if search.enabled:
             options, table = select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs)
             selections[name] = {"chosen": options, "candidates": table}
             method_cfg = OmegaConf.merge(method_cfg, options)
@@ -203,7 +203,7 @@ def _connectivity(ctx, pivot, experts: dict, inputs: MergeInputs) -> None:
     artifact = run_lmc(ctx, pivot, experts, inputs.loss(), int(ctx.cfg.merge_diagnostics.lmc_points))
     folder = ctx.output_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    suffix = f"_seed{int(ctx.cfg.seed)}" if ctx.cfg.get("seeds") else ""
+    suffix = f"_seed{int(ctx.cfg.seed)}" if ctx.cfg.seeds else ""
     shutil.copy2(artifact.path / "lmc.png", folder / f"loss_barriers{suffix}.png")
     shutil.copy2(artifact.path / "lmc.json", folder / f"loss_barriers{suffix}.json")
 
@@ -228,7 +228,7 @@ def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, exper
 
 def select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs: MergeInputs):
     """Pick the options with the lowest VAL caption loss among `budget` candidates (cached per candidate)."""
-    grid = (search.get("grids") or {}).get(name) or {}
+    grid = (search.grids or {}).get(name) or {}
     candidates = candidate_options(options, OmegaConf.to_container(grid, resolve=True) if grid else {},
                                    int(search.budget))
     loss_fn = inputs.loss()

@@ -7,8 +7,8 @@ live in the source's config, next to the question phrasing the benchmarks use.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from PIL import Image
 

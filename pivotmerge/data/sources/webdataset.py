@@ -27,8 +27,8 @@ import re
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from PIL import Image
 

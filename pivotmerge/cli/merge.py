@@ -1,16 +1,4 @@
-"""The ``pivotmerge`` command (also ``python -m pivotmerge``).
-
-Subcommands are registered with the :func:`subcommand` decorator: a function ``run(args) -> int`` plus a
-``configure(parser)`` hook that adds its arguments. To add one, write both functions (here or in a
-module listed in ``SUBCOMMAND_MODULES``) and decorate ``run``::
-
-    def _configure_eval(p): p.add_argument(...)
-
-    @subcommand("eval", help="...", configure=_configure_eval)
-    def _run_eval(args) -> int: ...
-
-Every deliberate error (:class:`pivotmerge.errors.PivotMergeError`) is printed as one line on stderr
-with exit code 2, without a traceback.
+"""``pivotmerge merge``: merge projector checkpoints with a method of the merge registry.
 
 ``pivotmerge merge METHOD --base PIVOT --experts A B [C ...] --out MERGED [option=value ...]``
 merges projector checkpoints (safetensors or torch ``.bin``/``.pt``) with a method configured in
@@ -26,54 +14,16 @@ A safetensors output carries its provenance (method, options, input hashes, vers
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pivotmerge.errors import ConfigError, PivotMergeError
-
-PROG = "pivotmerge"
-SUBCOMMAND_MODULES: tuple[str, ...] = ("pivotmerge.interop.llava", "pivotmerge.data.clustering",
-                                       "eval.suite")  # register subcommands
-
-
-@dataclass
-class Subcommand:
-    name: str
-    help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    accepts_extra: bool = False  # pass unparsed trailing tokens as args.extra
-
-
-SUBCOMMANDS: dict[str, Subcommand] = {}
-
-
-def subcommand(
-    name: str,
-    *,
-    help: str,  # noqa: A002
-    configure: Callable[[argparse.ArgumentParser], None],
-    accepts_extra: bool = False,
-) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Register ``run`` as subcommand ``name``."""
-
-    def deco(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        SUBCOMMANDS[name] = Subcommand(name, help, configure, run, accepts_extra)
-        return run
-
-    return deco
-
-
-class CLIError(ConfigError):
-    """Bad command-line usage detected after argument parsing."""
+from pivotmerge.cli import CLIError, subcommand
 
 
 # ------------------------------------------------------------------------------------------- merge
@@ -284,7 +234,10 @@ def _configure_merge(p: argparse.ArgumentParser) -> None:
 
 
 def _calibration_for(fn, method: str, stats_files, n_experts: int) -> dict:
-    """{"calibration": [ExpertStats, ...]} for a data-aware method, {} otherwise."""
+    """{"calibration": [ExpertStats, ...]} from --stats for a method that takes statistics, {} otherwise.
+
+    Without --stats a method that takes them gets none: whether it needs them may depend on its options
+    (PivotMerge's task-vector reading does not), and one that does says so, naming --stats."""
     from pivotmerge.merging import accepted_extras
     from pivotmerge.merging.calibration import load_stats
 
@@ -380,193 +333,3 @@ def _print_summary(method, options, pivot, experts, merged, diag, out, diag_path
         lines.append(f"  diagnostics: {', '.join(str(p) for p in diag_paths)}")
     lines.append(f"  time   : load {t_load:.2f}s, merge {t_merge:.2f}s, total {t_total:.2f}s")
     print("\n".join(lines))
-
-
-# ------------------------------------------------------------------------------------------- stats
-def _configure_stats(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--projector", required=True, metavar="EXPERT", help="the expert's projector state dict")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--features", metavar="FILE", help="visual features of the expert's domain: a "
-                        "safetensors file with a tensor 'features' [N, T, D] or [rows, D] (e.g. a features cache "
-                        "entry's train.safetensors)")
-    source.add_argument("--images", metavar="DIR", help="a folder of the expert's domain images, encoded with the "
-                        "vision tower of --model-config")
-    p.add_argument("--model-config", default="embedded", metavar="NAME",
-                   help="conf/model/NAME.yaml: the vision tower for --images, the LLM for --fisher (default embedded)")
-    p.add_argument("--out", required=True, metavar="STATS", help="output file (.safetensors)")
-    p.add_argument("--rows", type=int, default=None, help="use the first ROWS feature rows / images")
-    p.add_argument("--sample-tokens", type=int, default=4096, help="visual tokens kept for methods that run the "
-                   "projector (RegMean++, learned coefficients)")
-    p.add_argument("--fisher", metavar="CAPTIONS", help="also the diagonal Fisher of the caption loss (Fisher "
-                   "merging): a JSON list of captions, one per feature row / sorted image file")
-    p.add_argument("--fisher-rows", type=int, default=64, help="rows for the Fisher (default 64)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-
-
-@subcommand("stats", help="calibration statistics of one expert's domain, for data-aware merges (--stats)",
-            configure=_configure_stats)
-def run_stats(args: argparse.Namespace) -> int:
-    from pivotmerge.io import load_state_dict
-    from pivotmerge.merging.calibration import compute_stats, save_stats
-
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise CLIError(f"--out {out} exists; pass --force to replace it")
-    state = load_state_dict(args.projector)
-    model_cfg = _model_config(args.model_config)
-    features, names = _stats_features(args, model_cfg)
-    stats = compute_stats({k: v.float() for k, v in state.items() if v.is_floating_point()}, features,
-                          sample_tokens=args.sample_tokens,
-                          meta={"projector": str(args.projector), "features": str(args.features or args.images),
-                                "rows": int(features.shape[0])})
-    if args.fisher:
-        stats.fisher = _cli_fisher(args, model_cfg, state, features, names)
-    save_stats(stats, out)
-    layers = ", ".join(f"{layer or 'linear'}: {tuple(g.shape)}" for layer, g in stats.grams.items())
-    print(f"pivotmerge stats: {features.shape[0]} rows, {stats.counts[next(iter(stats.counts))]} tokens; Grams {layers}"
-          f"; {0 if stats.inputs is None else stats.inputs.shape[0]} sampled tokens"
-          f"{'; Fisher' if stats.fisher else ''} -> {out}")
-    return 0
-
-
-def _model_config(name: str):
-    from omegaconf import OmegaConf
-
-    path = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
-    if not path.is_file():
-        raise CLIError(f"--model-config {name}: no conf/model/{name}.yaml")
-    return OmegaConf.load(path)
-
-
-def _stats_features(args, model_cfg):
-    """(features [rows, T, D] or [rows, D], image names or None)."""
-    import torch
-
-    if args.features:
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(args.features)
-        except Exception as e:
-            raise CLIError(f"--features {args.features}: cannot read ({type(e).__name__}: {e})") from e
-        if "features" not in tensors:
-            raise CLIError(f"--features {args.features}: no tensor named 'features' (it has {sorted(tensors)})")
-        features = tensors["features"].float()
-        return (features if args.rows is None else features[:args.rows]), None
-    from PIL import Image
-
-    from pivotmerge.models.vision import build_vision_tower
-
-    folder = Path(args.images)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
-    files = files if args.rows is None else files[:args.rows]
-    if not files:
-        raise CLIError(f"--images {folder}: no .png/.jpg/.jpeg/.webp/.bmp files")
-    tower = build_vision_tower(model_cfg.vision)
-    chunks = [tower.encode_images([Image.open(p) for p in files[i:i + 16]]) for i in range(0, len(files), 16)]
-    return torch.cat(chunks), [p.name for p in files]
-
-
-def _cli_fisher(args, model_cfg, state, features, names):
-    from pivotmerge.models.mllm import build_mllm
-    from pivotmerge.pipeline.calibration import diagonal_fisher
-    from pivotmerge.training import DEFAULT_INSTRUCTIONS
-
-    try:
-        captions = json.loads(Path(args.fisher).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CLIError(f"--fisher {args.fisher}: not a readable JSON list of captions ({e})") from e
-    if not isinstance(captions, list) or len(captions) < min(args.fisher_rows, features.shape[0]):
-        raise CLIError(f"--fisher {args.fisher}: need a list with a caption for each of the first "
-                       f"{min(args.fisher_rows, features.shape[0])} rows")
-    mllm = build_mllm(model_cfg, Path(".cache/models"))
-    n = min(args.fisher_rows, features.shape[0])
-    rows = features[:n] if features.ndim == 3 else features[:n].unsqueeze(1)
-    texts = [mllm.encode_text(DEFAULT_INSTRUCTIONS[0], str(c)) for c in captions[:n]]
-    return diagonal_fisher(mllm, state, rows, texts)
-
-
-# ------------------------------------------------------------------------------------------- info
-def provenance_lines(metadata: dict[str, str]) -> list[str]:
-    """The provenance that `merge` writes, one fact per line."""
-    if "pivotmerge.method" not in metadata:
-        return ["provenance: none recorded" + ("" if metadata else " (no metadata in this file)")]
-    lines = ["provenance:", f"  method : {metadata['pivotmerge.method']}"]
-    try:
-        options = json.loads(metadata.get("pivotmerge.options", "{}"))
-        inputs = json.loads(metadata.get("pivotmerge.inputs", "{}"))
-    except json.JSONDecodeError as e:
-        raise CLIError(f"the file's pivotmerge metadata is not valid JSON ({e})") from e
-    lines.append("  options: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "(none)"))
-    base = inputs.get("base") or {}
-    lines.append(f"  base   : {base.get('path')}  sha256 {base.get('sha256')}")
-    for expert in inputs.get("experts", []):
-        weight = expert.get("weight", 1.0)
-        lines.append(f"  expert : {expert.get('path')}  sha256 {expert.get('sha256')}" +
-                     (f"  weight {weight:g}" if weight != 1.0 else ""))
-    lines.append(f"  made by: {metadata.get('pivotmerge.version', 'unknown')}")
-    return lines
-
-
-def _configure_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="a projector state dict (.safetensors/.bin/.pt)")
-
-
-@subcommand("info", help="print a projector file's tensors and provenance (what merged it, from what)",
-            configure=_configure_info)
-def run_info(args: argparse.Namespace) -> int:
-    from pivotmerge.io import load_state_dict, read_metadata
-
-    state = load_state_dict(args.file)
-    metadata = read_metadata(args.file)
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
-    lines = [f"{args.file}: {len(state)} tensors, {sum(v.numel() for v in state.values()):,} values, "
-             f"dtype {', '.join(dtypes)}"]
-    lines += [f"  {k:<40} {tuple(v.shape)}" for k, v in list(state.items())[:16]]
-    if len(state) > 16:
-        lines.append(f"  ... {len(state) - 16} more tensors")
-    lines += provenance_lines(metadata)
-    other = {k: v for k, v in metadata.items() if not k.startswith("pivotmerge.") and k != "format"}
-    if other:
-        lines.append("other metadata: " + ", ".join(f"{k}={v}" for k, v in other.items()))
-    print("\n".join(lines))
-    return 0
-
-
-# ------------------------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    broken = []
-    for mod in SUBCOMMAND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ImportError as e:  # a broken optional module must not take `merge` down with it
-            broken.append(f"{mod} ({e})")
-    epilog = ("subcommands unavailable: " + "; ".join(broken)) if broken else None
-    parser = argparse.ArgumentParser(prog=PROG, description="PivotMerge: merge cross-modal projector experts.",
-                                     epilog=epilog)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for sc in SUBCOMMANDS.values():
-        sc.configure(sub.add_parser(sc.name, help=sc.help, description=sc.help))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    sc = SUBCOMMANDS[args.command]
-    if extra and not sc.accepts_extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
-    try:
-        return int(sc.run(args) or 0)
-    except PivotMergeError as e:
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

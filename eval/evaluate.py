@@ -1,0 +1,129 @@
+"""Evaluating the planned jobs that have no cache entry yet, each through `lmms_eval.evaluator.simple_evaluate`.
+
+In this process the jobs share the pipeline's MLLM: one adapter (`PivotMergeLMM`) with one feature cache,
+pre-filled from the cached test features, and each projector swapped in for its evaluation only. With
+`eval.workers > 1` they go to worker processes instead (eval/workers.py). Every finished evaluation is
+committed to the cache at once (`eval/<key>`: lmms-eval's results JSON and the per-item values), so an
+interrupted run keeps what it evaluated.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from eval.plan import EvalPlan, Job
+from eval.store import item_values, json_default
+
+RESULTS_FILE = "results.json"
+ITEMS_FILE = "items.json"     # per-item values of each task's primary metric (confidence intervals, paired tests)
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    skipped: str | None = None    # why the projector could not be evaluated (it does not fit the model)
+
+
+def task_manager(manager_args: dict):
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(verbosity="WARNING", **manager_args)
+
+
+def prefill_sources(ctx) -> list[tuple[str, object]]:
+    """(dataset folder, cached test features) per source: row i of one is image i of the other."""
+    return [(str(artifact.path), ctx.features[name].features["test"])
+            for name, artifact in ctx.data.items() if name in ctx.features]
+
+
+def prefill_features(adapter, sources) -> int:
+    """Pre-fill the adapter's feature cache from the cached test features."""
+    from pivotmerge.pipeline.data import load_dataset_dict
+
+    total = 0
+    for path, features in sources:
+        total += adapter.features.prefill(list(load_dataset_dict(path)["test"]["image"]), features)
+    return total
+
+
+def evaluate_model(adapter, tasks: list[str], manager, settings: dict, batch_size: int,
+                   task_meta: dict) -> tuple[dict, dict]:
+    """(lmms-eval's aggregated results, per-item values of each task's primary metric) of the adapter's
+    current projector."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    results = simple_evaluate(model=adapter, tasks=list(tasks), task_manager=manager, batch_size=batch_size,
+                              limit=settings["limit"], bootstrap_iters=settings["bootstrap_iters"],
+                              log_samples=True, verbosity="WARNING")
+    if results is None:
+        raise RuntimeError("lmms-eval returned no results (non-zero rank?)")
+    items = item_values(results.get("samples"), task_meta)
+    aggregated = json.loads(json.dumps({k: v for k, v in results.items() if k != "samples"}, default=json_default))
+    return aggregated, items
+
+
+def save(store, job: Job, results: tuple[dict, dict]) -> None:
+    """Commit one evaluation to the cache (unless another process committed the same one meanwhile)."""
+    aggregated, items = results
+    with store.claim("eval", job.key) as staging:
+        if staging is not None:
+            (staging / RESULTS_FILE).write_text(json.dumps(aggregated, indent=2, default=json_default))
+            (staging / ITEMS_FILE).write_text(json.dumps(items))
+            store.commit("eval", job.key, job.spec)
+
+
+def evaluate(ctx, plan: EvalPlan) -> dict[str, Outcome]:
+    """Evaluate and cache every job without a cache entry; its outcome by job key (reused jobs have none)."""
+    pending = [job for job in plan.jobs if not ctx.store.exists("eval", job.key)]
+    if plan.workers > 1 and len(pending) > 1:
+        from eval.workers import evaluate_in_workers
+
+        finished = evaluate_in_workers(ctx, plan, pending, min(plan.workers, len(pending)))
+    else:
+        finished = evaluate_here(ctx, plan, pending)
+    outcomes = {}
+    for job, results, outcome in finished:
+        if results is not None:
+            save(ctx.store, job, results)
+        outcomes[job.key] = outcome
+    return outcomes
+
+
+def _adapter(ctx, plan: EvalPlan):
+    """The adapter around the pipeline's MLLM (vision tower attached when the tasks need it), pre-filled."""
+    from eval.lmms_model import PivotMergeLMM
+
+    mllm = ctx.mllm
+    if plan.needs_vision and mllm.vision is None:
+        from pivotmerge.models.vision import build_vision_tower
+
+        mllm.vision = build_vision_tower(ctx.cfg.model.vision)
+    adapter = PivotMergeLMM(mllm=mllm, **plan.adapter_args)
+    prefilled = prefill_features(adapter, prefill_sources(ctx))
+    print(f"[    eval] feature cache pre-filled with {prefilled} test images", flush=True)
+    return adapter
+
+
+def evaluate_here(ctx, plan: EvalPlan, pending: list[Job]) -> Iterator[tuple[Job, tuple | None, Outcome]]:
+    """(job, results or None, outcome) for each pending job, evaluated in this process."""
+    from pivotmerge.models.mllm import projector_mismatch
+
+    if not pending:
+        return
+    adapter = _adapter(ctx, plan)
+    manager = task_manager(plan.tasks.manager_args)
+    for job in pending:
+        started = time.perf_counter()
+        state = ctx.projector(job.projector)
+        problem = projector_mismatch(adapter.mllm.projector, state)
+        if problem:
+            yield job, None, Outcome(time.perf_counter() - started, problem)
+            continue
+        position = plan.jobs.index(job) + 1
+        print(f"[    eval] ({position}/{len(plan.jobs)}) {job.model}: {len(plan.tasks.names)} tasks", flush=True)
+        with adapter.using_projector(state, job.model):
+            results = evaluate_model(adapter, plan.tasks.names, manager, plan.settings, plan.batch_size,
+                                     plan.tasks.meta)
+        yield job, results, Outcome(time.perf_counter() - started)

@@ -1,0 +1,92 @@
+"""Planning an evaluation: which tasks (the pool of `eval.suite`), which models, under which cache keys.
+
+An evaluation's cache key hashes the projector artifact's key, the suite's key, the selected tasks, the eval
+settings that change numbers (`settings`) and the model parts the projector feeds; a sweep re-evaluates only
+new projectors. Nothing is evaluated here.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from eval.suite import TaskSet, make_pool
+from pivotmerge.errors import ConfigError
+from pivotmerge.pipeline.artifacts import Artifact, content_key
+
+
+@dataclass
+class Job:
+    """One model's evaluation."""
+
+    model: str            # str(ModelId)
+    projector: Artifact
+    key: str              # its `eval` cache entry
+    spec: dict
+
+
+@dataclass
+class EvalPlan:
+    tasks: TaskSet
+    settings: dict        # name, tasks, limit, max_new_tokens, bootstrap_iters: part of every key
+    batch_size: int
+    adapter_args: dict    # PivotMergeLMM's arguments besides the MLLM
+    workers: int          # processes evaluating pending jobs side by side (1: this process)
+    needs_vision: bool    # the pool's tasks read raw images the feature cache does not hold
+    jobs: list[Job]       # every model, in ctx.models() order
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def eval_settings(cfg) -> dict:
+    ecfg = cfg.eval
+    return {"name": str(ecfg.name), "tasks": _plain(ecfg.tasks), "limit": _plain(ecfg.limit),
+            "max_new_tokens": int(ecfg.max_new_tokens), "bootstrap_iters": int(ecfg.bootstrap_iters)}
+
+
+def worker_count(cfg) -> int:
+    workers = int(cfg.eval.workers)
+    if workers < 1:
+        raise ConfigError(f"eval.workers must be >= 1, got {workers}")
+    if workers > 1 and _cuda_available():
+        print(f"[    eval] eval.workers={workers} splits CPU threads; a GPU is present, so one process evaluates",
+              flush=True)
+        return 1
+    return workers
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def plan(ctx) -> EvalPlan:
+    """Every model of `ctx.models()` on the pool's selected tasks (the embedded suite is built or reused here)."""
+    cfg = ctx.cfg
+    models = ctx.models()
+    if not models:
+        raise ConfigError("the eval stage has no models: run the pivot/experts/merge stages first")
+    settings = eval_settings(cfg)
+    workers = worker_count(cfg)
+    started = time.perf_counter()
+    pool = make_pool(cfg.eval)
+    tasks = pool.prepare(ctx, settings["tasks"])
+    if tasks.include_path:
+        print(f"[    eval] benchmark suite (lmms-eval --include_path): {tasks.include_path}", flush=True)
+    ctx.log.add("eval", f"suite ({len(tasks.names)} tasks)", None, time.perf_counter() - started,
+                ", ".join(tasks.names))
+    model_parts = {"llm": cfg.model.llm, "vision": cfg.model.vision, "projector": cfg.model.projector,
+                   "system_prompt": cfg.model.get("system_prompt")}
+    jobs = []
+    for model, artifact in models.items():
+        spec = {"projector": artifact.key, "suite": tasks.key, "tasks": tasks.names, "eval": settings,
+                "model": model_parts}
+        jobs.append(Job(model, artifact, content_key("eval", spec), spec))
+    batch_size = int(cfg.eval.batch_size)
+    adapter_args = {"batch_size": batch_size, "max_new_tokens": settings["max_new_tokens"],
+                    "gen_batch_size": int(cfg.eval.gen_batch_size)}
+    return EvalPlan(tasks, settings, batch_size, adapter_args, workers, pool.needs_vision, jobs)
