@@ -26,11 +26,26 @@ from eval.store import read_rows  # noqa: E402
 from eval.table import build_table  # noqa: E402
 from eval.writers import to_markdown  # noqa: E402
 
-EXPERIMENTS = {
-    "pivotmerge_vs_ties": "python run.py experiment=pivotmerge_vs_ties   # = make run",
-    "paper_table": "python run.py experiment=paper_table",
-    "ablation_components": "python run.py experiment=ablation_components",
-}
+
+def make_run_experiment() -> str | None:
+    """The experiment `make run` runs, read from the Makefile's run target (not a second copy of it)."""
+    lines = (ROOT / "Makefile").read_text().split("\nrun:", 1)[-1].splitlines()
+    for line in lines[1:]:
+        if not line.startswith("\t"):
+            break
+        for word in line.split():
+            if word.startswith("experiment="):
+                return word.split("=", 1)[1]
+    return None
+
+
+def experiments() -> dict[str, str]:
+    """experiment name -> the command that runs it, for every config in conf/experiment (make run's first)."""
+    make_run = make_run_experiment()
+    names = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    names.sort(key=lambda name: name != make_run)
+    return {name: f"python run.py experiment={name}" + ("   # = make run" if name == make_run else "")
+            for name in names}
 
 
 def newest_store(outputs: Path, experiment: str) -> Path | None:
@@ -287,7 +302,8 @@ def main(argv=None):
     figures = doc.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sections = []
-    for experiment, command in EXPERIMENTS.items():
+    commands = experiments()
+    for experiment, command in commands.items():
         store = newest_store(outputs, experiment)
         if store is not None:
             sections.append(section(experiment, command, store, figures, experiment))
@@ -309,7 +325,7 @@ def main(argv=None):
     for experiment in ("paper_table", "pivotmerge_vs_ties"):
         store = newest_store(outputs, experiment)
         if store is not None:
-            if update_readme(Path(args.readme), experiment, EXPERIMENTS[experiment].split("   #")[0], store):
+            if update_readme(Path(args.readme), experiment, commands[experiment].split("   #")[0], store):
                 print(f"README results block: {experiment}")
             break
 
