@@ -60,6 +60,11 @@ def build_tiny_models(root: Path, seed: int = 0) -> dict:
     vision.save_pretrained(root / "vision")
     (root / "vision" / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "crop_size": 32}))
+    return tiny_model_dict(root)
+
+
+def tiny_model_dict(root: Path) -> dict:
+    """cfg.model of the tiny models saved under `root` by build_tiny_models."""
     return {
         "name": "tiny",
         "vision": {"kind": "hf", "name_or_path": str(root / "vision"), "feature_dim": 24, "image_size": 32,

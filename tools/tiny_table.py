@@ -39,29 +39,13 @@ def main(argv=None) -> None:
     from omegaconf import OmegaConf
 
     from pivotmerge.pipeline.runner import run
-    from tests.tiny_models import build_tiny_models
-
-    try:   # tests/helpers.py after the tests were grouped by area; tests/pipeline_helpers.py before
-        from tests.helpers import compose_cfg
-    except ImportError:
-        from tests.pipeline_helpers import compose_cfg
+    from tests.pipeline_helpers import compose_cfg
+    from tests.tiny_models import build_tiny_models, tiny_model_dict
     models = args.models or args.out / "models"
     if not (models / "llm" / "config.json").is_file():
         build_tiny_models(models)
-    model_cfg = OmegaConf.create(build_model_cfg(models))
+    model_cfg = OmegaConf.create(tiny_model_dict(models))
     run(compose_cfg(args.out, model_cfg, OVERRIDES))
-
-
-def build_model_cfg(root: Path) -> dict:
-    """cfg.model of tiny models already on disk (as tests/tiny_models.build_tiny_models returns it)."""
-    return {
-        "name": "tiny",
-        "vision": {"kind": "hf", "name_or_path": str(root / "vision"), "feature_dim": 24, "image_size": 32,
-                   "grid": 2, "feature_norm": "layernorm", "select_layer": -2, "drop_cls": True},
-        "projector": {"kind": "mlp2x_gelu"},
-        "llm": {"kind": "hf", "name_or_path": str(root / "llm"), "dtype": "float32"},
-        "system_prompt": None,
-    }
 
 
 if __name__ == "__main__":
