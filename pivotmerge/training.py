@@ -56,18 +56,24 @@ class CaptionSource:
 
 
 class PlannedCaptions(Dataset):
-    """Item i of the plan -> (features, encoded text); the plan covers the whole run."""
+    """Item i of the plan -> (features, encoded text); the plan covers the whole run.
+
+    `offset` starts the items at that plan position without changing the length: a run resumed mid-epoch
+    keeps the epoch length Lightning restored its in-epoch counters for (a shorter loader would end that
+    epoch early and restart it from the offset, repeating batches). Positions past the end wrap around;
+    only the data fetcher's look-ahead reaches them."""
 
     def __init__(self, mllm: MLLM, sources: list[CaptionSource], plan: list[tuple[int, int, int, int]],
-                 instructions: list[str]):
+                 instructions: list[str], offset: int = 0):
         self.mllm, self.sources, self.plan, self.instructions = mllm, sources, plan, instructions
+        self.offset = offset
         self._text_cache: dict[tuple[int, str, int, int], tuple[list[int], int]] = {}
 
     def __len__(self):
         return len(self.plan)
 
     def __getitem__(self, i):
-        source_index, row, template, instruction = self.plan[i]
+        source_index, row, template, instruction = self.plan[(i + self.offset) % len(self.plan)]
         source = self.sources[source_index]
         label = source.labels[row]
         key = (source_index, label, template, instruction)
@@ -121,7 +127,7 @@ class CaptionDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         start = (self.trainer.global_step if self.trainer is not None else 0) * self.batch_size * self.world_size
-        dataset = PlannedCaptions(self.mllm, self.train_sources, self.plan[start:], self.instructions)
+        dataset = PlannedCaptions(self.mllm, self.train_sources, self.plan, self.instructions, offset=start)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=self._collate)
 
     def val_dataloader(self):
