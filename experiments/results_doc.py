@@ -162,6 +162,15 @@ def selection_summary(entry: dict) -> str:
     return "`" + ", ".join(shown) + "`"
 
 
+def configured_seeds(experiment: str) -> list[int]:
+    """The seeds conf/experiment/<experiment>.yaml runs (config.yaml's single seed when it names none)."""
+    from omegaconf import OmegaConf
+
+    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    seeds = OmegaConf.load(path).get("seeds") if path.is_file() else None
+    return [int(s) for s in seeds] if seeds else [int(OmegaConf.load(ROOT / "conf" / "config.yaml").seed)]
+
+
 def section(title: str, command: str, store: Path, figures: Path, slug: str) -> str:
     rows = read_rows([store])
     table = build_table(rows)
@@ -171,6 +180,10 @@ def section(title: str, command: str, store: Path, figures: Path, slug: str) -> 
     parts = [f"## {title}", "", f"Command: `{command}`  ", f"Results store: `{_shown(store)}` "
              f"(seeds {seeds}, {len(rows)} rows)", "", to_markdown(table), "",
              f"![{title}](figures/{figure.name})", "", "What it shows:", ""]
+    missing = [seed for seed in configured_seeds(title) if seed not in seeds]
+    if missing:
+        parts.append(f"- **Partial run**: this store holds seeds {seeds} of the {len(seeds) + len(missing)} the "
+                     f"experiment runs (seeds {missing} not yet run); every ± above is over items of one seed.")
     parts += [f"- {line}" for line in findings(table)]
     heldouts = sorted(store.parent.parent.glob("*/heldout_loss.md"), key=lambda p: p.parent.name)
     heldout = heldouts[-1] if heldouts else None
@@ -282,10 +295,13 @@ def update_readme(readme: Path, experiment: str, command: str, store: Path) -> b
     text = readme.read_text()
     if README_BEGIN not in text or README_END not in text:
         return False
-    table = build_table(read_rows([store]))
+    rows = read_rows([store])
+    seeds = sorted({r.get("seed") for r in rows})
+    missing = [seed for seed in configured_seeds(experiment) if seed not in seeds]
+    partial = f" **Partial: seeds {seeds} only, {missing} not yet run.**" if missing else ""
     block = "\n".join([README_BEGIN, f"Latest `{experiment}` table (`{_shown(store)}`; regenerate it from "
-                       f"the store alone with `{command} report.only=true`, run it with `{command}`):", "",
-                       to_markdown(table), README_END])
+                       f"the store alone with `{command} report.only=true`, run it with `{command}`).{partial}", "",
+                       to_markdown(build_table(rows)), README_END])
     head, rest = text.split(README_BEGIN, 1)
     readme.write_text(head + block + rest.split(README_END, 1)[1])
     return True

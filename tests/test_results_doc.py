@@ -114,3 +114,12 @@ def test_selection_summary_shows_searched_options_and_grid_edges():
     assert selection_summary(entry(0.5, [1.0, 0.3, 0.5])) == "`lam=0.5`"
     assert selection_summary({"chosen": {}, "candidates": [{"options": {}, "val_loss": 1.0}]}) == \
         "(one candidate: nothing searched)"
+
+
+def test_configured_seeds_come_from_the_experiment_configs():
+    """A store with fewer seeds than its experiment runs is flagged partial: the seeds are read from conf/."""
+    from experiments.results_doc import configured_seeds
+
+    assert configured_seeds("paper_table") == [0, 1, 2]
+    assert configured_seeds("pivotmerge_vs_ties") == [0]
+    assert configured_seeds("no_such_experiment") == [0]
