@@ -1,5 +1,4 @@
 """The lmms-eval adapter: images reach the model for every request type; CLI registration; bad projectors."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,7 @@ from safetensors.torch import save_file
 
 from eval.lmms_model import MANIFEST, PivotMergeLMM, image_key
 from pivotmerge.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 class Recorder:

@@ -1,11 +1,11 @@
 """Yes/no, MME and open-answer metrics on hand-made predictions (eval/tasks/utils.py)."""
 import importlib.util
-from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("pm_task_utils",
-                                              Path(__file__).parents[1] / "eval" / "tasks" / "utils.py")
+from tests.helpers import REPO
+
+spec = importlib.util.spec_from_file_location("pm_task_utils", REPO / "eval" / "tasks" / "utils.py")
 U = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(U)
 

@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 from eval.documents import SuiteSource, build_documents, planned_task_names
 from eval.suite import EmbeddedSuite, load_suite, make_pool, write_suite
 from pivotmerge.errors import ConfigError
+from tests.helpers import CONF
 
-EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "eval" / "embedded.yaml"
+EVAL_CONF = CONF / "eval" / "embedded.yaml"
 
 
 def eval_cfg(**overrides):

@@ -1,7 +1,6 @@
 """The report is a pure function of the results store: known rows render a known table (golden files)."""
 import json
 import os
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -10,35 +9,8 @@ from eval.store import find_stores, read_rows
 from eval.table import build_table
 from eval.writers import MISSING, to_csv, to_latex, to_markdown, write_report
 from pivotmerge.errors import ConfigError
-
-GOLDEN = Path(__file__).parent / "golden"
-
-
-def _row(model, bench, value, seed=0, metric=None, primary=True, run="r1"):
-    metric = metric or {"pm_mme": "mme_score", "pm_pope": "accuracy"}.get(bench, "acc")
-    return {"run": run, "experiment": "t", "seed": seed, "model": model, "benchmark": bench, "metric": metric,
-            "value": value, "stderr": None, "primary": primary}
-
-
-def known_rows():
-    rows = []
-    scores = {  # model -> (mc_digits, mc_words, pope, mme)
-        "pivot": (0.25, 0.30, 0.50, 100.0),
-        "expert:digits": (0.90, 0.30, 0.60, 150.0),
-        "expert:words": (0.20, 0.80, 0.55, 140.0),
-        "merge:average": (0.45, 0.40, 0.52, 120.0),
-        "merge:pivotmerge": (0.70, 0.60, 0.58, 130.0),
-    }
-    for seed, shift in ((0, 0.0), (1, 0.02)):
-        for model, (d, w, p, m) in scores.items():
-            rows += [_row(model, "pm_mc_digits", d + shift, seed), _row(model, "pm_mc_words", w + shift, seed),
-                     _row(model, "pm_pope", p, seed), _row(model, "pm_mme", m + 10 * seed, seed),
-                     _row(model, "pm_pope", 0.9, seed, metric="f1", primary=False)]
-    # a missing cell: merge:average never got pm_pope for seed 0 or 1 -> drop them
-    rows = [r for r in rows if not (r["model"] == "merge:average" and r["benchmark"] == "pm_pope")]
-    # a second run re-evaluated pivot seed 0 on digits: the later row wins
-    rows.append(_row("pivot", "pm_mc_digits", 0.27, 0, run="r2"))
-    return rows
+from tests.helpers import GOLDEN
+from tests.helpers.rows import known_rows
 
 
 @pytest.mark.parametrize("kind,writer", [("md", to_markdown), ("csv", to_csv), ("tex", to_latex)])

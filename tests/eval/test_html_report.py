@@ -16,7 +16,7 @@ from eval.table import build_table
 from eval.writers import short_name, to_markdown, write_report
 from pivotmerge.merging import merge
 from pivotmerge.merging.diagnostics import collect, write_diagnostics
-from tests.test_eval_report import known_rows
+from tests.helpers.rows import known_rows
 
 
 class Page(HTMLParser):

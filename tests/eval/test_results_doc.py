@@ -2,7 +2,7 @@
 import json
 
 from experiments.results_doc import README_BEGIN, README_END, main
-from tests.test_eval_report import known_rows
+from tests.helpers.rows import known_rows
 
 
 def _store(outputs, experiment, run, rows):
@@ -34,13 +34,13 @@ def test_doc_and_readme_come_from_the_newest_store(tmp_path):
 def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
     from eval.table import build_table
     from experiments.results_doc import signal_checks
-    from tests.test_eval_report import _row
+    from tests.helpers.rows import result_row
 
     rows = []
     for model, digits, words, open_ in (("pivot", 0.25, 0.30, 0.0), ("expert:digits", 0.9, 0.2, 0.0),
                                         ("expert:words", 0.2, 0.25, 0.0), ("merge:ties", 0.5, 0.4, 0.0)):
-        rows += [_row(model, "pm_mc_digits", digits), _row(model, "pm_mc_words", words),
-                 _row(model, "pm_open_words", open_, metric="exact_match")]
+        rows += [result_row(model, "pm_mc_digits", digits), result_row(model, "pm_mc_words", words),
+                 result_row(model, "pm_open_words", open_, metric="exact_match")]
     lines = signal_checks(build_table(rows))
     assert any(line.startswith("No signal") and "pm_open_words" in line and "pm_mc" not in line for line in lines)
     assert any("expert:words does not lead" in line and "below merge:ties 40.0" in line for line in lines)
@@ -50,13 +50,13 @@ def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
 def test_findings_state_gaps_in_table_units_and_spot_identical_rows():
     from eval.table import build_table
     from experiments.results_doc import findings
-    from tests.test_eval_report import _row
+    from tests.helpers.rows import result_row
 
     rows = []
     for model, digits, words in (("pivot", 0.25, 0.25), ("expert:digits", 0.60, 0.20), ("expert:words", 0.20, 0.50),
                                  ("merge:ties", 0.40, 0.30), ("merge:pivotmerge", 0.33, 0.32),
                                  ("merge:pm_all_off", 0.40, 0.30)):
-        rows += [_row(model, "pm_mc_digits", digits), _row(model, "pm_mc_words", words)]
+        rows += [result_row(model, "pm_mc_digits", digits), result_row(model, "pm_mc_words", words)]
     lines = findings(build_table(rows))
     # averages 35.0 (ties, pm_all_off) and 32.5 (pivotmerge): gaps in points of the table, not x100
     assert any("merge:pivotmerge ranks 3 of 3" in line and "2.5 points behind" in line
@@ -69,15 +69,15 @@ def test_findings_state_gaps_in_table_units_and_spot_identical_rows():
 def test_sweep_sections_name_the_swept_option_and_keep_only_the_newest_sweep(tmp_path):
     import yaml
 
-    from tests.test_sweep import _job, _row
+    from tests.helpers.rows import sweep_job, sweep_row
 
     def sweep(run, values, scores):
         folder = tmp_path / "multirun" / "ablation" / run
         task = ["experiment=ablation", "merge.pivotmerge.lam=0.3", f"merge.pivotmerge.rank_ratio={','.join(values)}"]
         for index, (value, score) in enumerate(zip(values, scores)):
-            _job(folder / str(index), ["experiment=ablation", "merge.pivotmerge.lam=0.3",
-                                       f"merge.pivotmerge.rank_ratio={value}"],
-                 [_row("pivot", 0.3), _row("merge:pivotmerge", score)])
+            sweep_job(folder / str(index), ["experiment=ablation", "merge.pivotmerge.lam=0.3",
+                                            f"merge.pivotmerge.rank_ratio={value}"],
+                      [sweep_row("pivot", 0.3), sweep_row("merge:pivotmerge", score)])
         (folder / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
         (folder / "sweep_table").mkdir()
         (folder / "sweep_table" / "table.md").write_text("callback table\n")

@@ -1,21 +1,6 @@
 """The multirun callback tabulates every job of a sweep, labelling merged rows by their overrides."""
-import json
-
-import yaml
-
 from eval.sweep import SweepTable, job_label, sweep_rows
-
-
-def _job(folder, overrides, rows):
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (folder / "results").mkdir()
-    (folder / "results" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-
-
-def _row(model, value, benchmark="pm_mc_digits"):
-    return {"run": "r", "experiment": "ablation", "seed": 0, "model": model, "benchmark": benchmark,
-            "metric": "accuracy", "value": value, "stderr": None, "primary": True, "kind": "mc", "sources": []}
+from tests.helpers.rows import sweep_job, sweep_row
 
 
 def test_job_label_keeps_the_swept_values():
@@ -23,10 +8,10 @@ def test_job_label_keeps_the_swept_values():
 
 
 def test_sweep_table(tmp_path, capsys):
-    _job(tmp_path / "0", ["experiment=ablation", "merge.pivotmerge.rank_ratio=0.25"],
-         [_row("pivot", 0.3), _row("merge:pivotmerge", 0.5)])
-    _job(tmp_path / "1", ["experiment=ablation", "merge.pivotmerge.rank_ratio=0.5"],
-         [_row("pivot", 0.3), _row("merge:pivotmerge", 0.7)])
+    sweep_job(tmp_path / "0", ["experiment=ablation", "merge.pivotmerge.rank_ratio=0.25"],
+              [sweep_row("pivot", 0.3), sweep_row("merge:pivotmerge", 0.5)])
+    sweep_job(tmp_path / "1", ["experiment=ablation", "merge.pivotmerge.rank_ratio=0.5"],
+              [sweep_row("pivot", 0.3), sweep_row("merge:pivotmerge", 0.7)])
     rows = sweep_rows(tmp_path)
     assert sorted(r["model"] for r in rows) == ["merge:pivotmerge [rank_ratio=0.25]",
                                                  "merge:pivotmerge [rank_ratio=0.5]", "pivot"]
@@ -44,8 +29,10 @@ def test_sweep_table(tmp_path, capsys):
 
 def test_overrides_every_job_shares_do_not_label_rows(tmp_path):
     shared = ["experiment=ablation", "eval.tasks=[pm_mc_*,pm_pope]", "merge.pivotmerge.lam=0.3"]
-    _job(tmp_path / "0", shared + ["scenario.pivot.init=warmup"], [_row("pivot", 0.3), _row("merge:pivotmerge", 0.5)])
-    _job(tmp_path / "1", shared + ["scenario.pivot.init=seeded"], [_row("pivot", 0.2), _row("merge:pivotmerge", 0.4)])
+    sweep_job(tmp_path / "0", shared + ["scenario.pivot.init=warmup"],
+              [sweep_row("pivot", 0.3), sweep_row("merge:pivotmerge", 0.5)])
+    sweep_job(tmp_path / "1", shared + ["scenario.pivot.init=seeded"],
+              [sweep_row("pivot", 0.2), sweep_row("merge:pivotmerge", 0.4)])
     assert sorted(r["model"] for r in sweep_rows(tmp_path)) == [
         "merge:pivotmerge [init=seeded]", "merge:pivotmerge [init=warmup]", "pivot [init=seeded]",
         "pivot [init=warmup]"]

@@ -6,7 +6,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.helpers import CONF
 
 
 def compose_cfg(tmp: Path, model_cfg, overrides: list[str] = ()):
@@ -16,7 +16,7 @@ def compose_cfg(tmp: Path, model_cfg, overrides: list[str] = ()):
             "scenario.pivot.steps=2", "scenario.pivot.samples_per_source=8", "scenario.experts.steps=3",
             "trainer.batch_size=4", "trainer.val_samples=4", "trainer.checkpoint_every=1",
             "trainer.progress_bar=false"]
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=base + list(overrides))
     with open_dict(cfg):
         cfg.model = OmegaConf.merge(cfg.model, model_cfg)

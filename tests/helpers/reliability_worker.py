@@ -1,6 +1,6 @@
-"""A pipeline run in its own process, for the fault and concurrency tests of tests/test_reliability.py.
+"""A pipeline run in its own process, for the fault and concurrency tests of tests/pipeline/test_reliability.py.
 
-    python -m tests.reliability_worker <tmp> <model cfg json> <seconds per step> [override ...]
+    python -m tests.helpers.reliability_worker <tmp> <model cfg json> <seconds per step> [override ...]
 
 Runs the stages data..experts on tiny models with the cache under <tmp>/cache; every training step sleeps
 <seconds per step> first (so that a test can kill it mid-run or start a second process meanwhile).
@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     tmp, model_json, delay, *overrides = argv
     from pivotmerge.pipeline.runner import run
     from pivotmerge.training import ProjectorAlignment
-    from tests.pipeline_helpers import compose_cfg
+    from tests.helpers.compose import compose_cfg
 
     original = ProjectorAlignment.training_step
 

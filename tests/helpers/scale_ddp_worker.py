@@ -1,6 +1,6 @@
-"""Standalone DDP run on CPU (gloo), launched by tests/test_scale_ddp.py in a subprocess.
+"""Standalone DDP run on CPU (gloo), launched by tests/scale/test_scale_ddp.py in a subprocess.
 
-    python tests/scale_ddp_worker.py MODELS_DIR OUT_DIR
+    python tests/helpers/scale_ddp_worker.py MODELS_DIR OUT_DIR
 
 Lightning's strategy="ddp" re-launches this script once per extra rank. Each rank starts from a
 *different* projector (seed + rank), trains a few steps on the tiny model with the Trainer arguments that
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]   # the repository (tests.helpers is not importable before this)
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,7 +26,7 @@ def main(models_dir: str, out_dir: str) -> None:
 
     from pivotmerge.models.mllm import build_mllm
     from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlignment
-    from tests.tiny_models import tiny_model_cfg
+    from tests.helpers.tiny_models import tiny_model_cfg
 
     torch.set_num_threads(1)
     rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -61,7 +61,7 @@ def main(models_dir: str, out_dir: str) -> None:
 
 
 def tiny_model_cfg_from(models: Path):
-    """cfg.model of the folders tests.tiny_models writes, without rebuilding them (ranks > 0 only read)."""
+    """cfg.model of the folders tests.helpers.tiny_models writes, without rebuilding them (ranks > 0 only read)."""
     from omegaconf import OmegaConf
 
     return OmegaConf.create({

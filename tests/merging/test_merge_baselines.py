@@ -1,7 +1,7 @@
 """Known-answer and reference (peft) tests of the TIES / DARE / Task Arithmetic baselines.
 
 The properties every method shares (dtype, order, identical experts, option errors, CLI) are checked for
-all of them in tests/test_merge_contract.py; the registry itself in tests/test_merge_registry.py."""
+all of them in tests/merging/test_merge_contract.py; the registry itself in tests/merging/test_merge_registry.py."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ import torch
 from pivotmerge.cli import main
 from pivotmerge.io import CheckpointError, load_state_dict, save_state_dict
 from pivotmerge.merging import merge
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 @pytest.fixture()

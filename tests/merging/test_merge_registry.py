@@ -24,8 +24,8 @@ from pivotmerge.merging import (
     registry,
 )
 from pivotmerge.merging.registry import load_config
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = available()
 
 

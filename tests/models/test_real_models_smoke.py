@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_helpers import compose_cfg
+from tests.helpers import CONF
+from tests.helpers.compose import compose_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +21,8 @@ def test_real_embedded_models_train_merge_and_evaluate(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from pivotmerge.pipeline.runner import run
-    from tests.pipeline_helpers import CONF
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         embedded = compose(config_name="config").model
     cfg = compose_cfg(tmp_path, embedded, [
         "scenario.sources=[digits,charts]", "data.sources.charts.count=60", "data.split.train=16",

@@ -1,13 +1,12 @@
 """Every experiment config composes, and what it promises holds at the config level."""
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pivotmerge.pipeline.merge import candidate_options, expand_variants
+from tests.helpers import CONF
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 

@@ -9,9 +9,9 @@ import torch
 
 from pivotmerge.errors import ConfigError, DataError
 from pivotmerge.pipeline.runner import run
-from tests.pipeline_helpers import compose_cfg
+from tests.helpers import REPO as ROOT
+from tests.helpers.compose import compose_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = "stages=[data,features,pivot,experts]"
 
 

@@ -3,14 +3,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_models
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO as ROOT
+from tests.helpers.tiny_models import build_tiny_models
 
 
 @pytest.mark.slow   # 50-65 s: the pipeline in two gloo ranks

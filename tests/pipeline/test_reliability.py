@@ -17,15 +17,15 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from pivotmerge.pipeline.runner import run
-from tests.pipeline_helpers import compose_cfg
+from tests.helpers import REPO as ROOT
+from tests.helpers.compose import compose_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_STAGES = "stages=[data,features,pivot,experts]"
 
 
 def worker(tmp: Path, model_cfg, delay: float, *overrides: str) -> subprocess.Popen:
     model_json = json.dumps(OmegaConf.to_container(model_cfg, resolve=True))
-    return subprocess.Popen([sys.executable, "-m", "tests.reliability_worker", str(tmp), model_json, str(delay),
+    return subprocess.Popen([sys.executable, "-m", "tests.helpers.reliability_worker", str(tmp), model_json, str(delay),
                              *overrides], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
 

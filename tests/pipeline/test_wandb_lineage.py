@@ -20,7 +20,7 @@ from pivotmerge.wandb_logging import (
     results_artifact,
     start_run,
 )
-from tests.pipeline_helpers import compose_cfg
+from tests.helpers.compose import compose_cfg
 
 OVERRIDES = ["logger=wandb", "logger.wandb.mode=offline", "experiment_name=lineage",
              "stages=[data,features,pivot,experts,merge,eval,report]", "merge=[average,ties]",
@@ -62,7 +62,7 @@ def test_stage_runs_log_entries_and_declare_inputs(tmp_path, offline_env, capsys
     from eval.table import build_table
     from eval.writers import write_report
     from pivotmerge.wandb_logging import log_report_run
-    from tests.test_eval_report import known_rows
+    from tests.helpers.rows import known_rows
 
     cfg = OmegaConf.create({"experiment_name": "exp", "seed": 0, "logger": {"wandb": {
         "enabled": True, "mode": "offline", "project": "pivotmerge", "entity": None, "group": "exp",

@@ -52,12 +52,12 @@ def test_split_recovers_topics_and_orders_by_size(tmp_path):
 
 def test_cli_on_webdataset_shards_and_round_trip_into_the_source(tmp_path, capsys):
     from pivotmerge.data.sources.webdataset import WebDatasetSource
-    from tests.test_scale_webdataset import _jpeg, write_shard
+    from tests.helpers.shards import jpeg, write_shard
 
     records = _records()
-    write_shard(tmp_path / "00000.tar", [(k, c.encode(), _jpeg((i * 10 % 255, 0, 0)))
+    write_shard(tmp_path / "00000.tar", [(k, c.encode(), jpeg((i * 10 % 255, 0, 0)))
                                          for i, (k, c) in enumerate(records[:8])])
-    write_shard(tmp_path / "00001.tar", [(k, c.encode(), _jpeg((0, i * 10 % 255, 0)))
+    write_shard(tmp_path / "00001.tar", [(k, c.encode(), jpeg((0, i * 10 % 255, 0)))
                                          for i, (k, c) in enumerate(records[8:])])
     code = main(["split-domains", "webdataset", str(tmp_path / "{00000..00001}.tar"), "--k", "3",
                  "--embedder", "tfidf", "--out", str(tmp_path / "domains")])

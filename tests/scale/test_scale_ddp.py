@@ -2,14 +2,15 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-WORKER = Path(__file__).with_name("scale_ddp_worker.py")
+from tests.helpers import REPO
+
+WORKER = REPO / "tests" / "helpers" / "scale_ddp_worker.py"
 
 
 @pytest.mark.slow   # ~27 s: two gloo ranks
@@ -21,7 +22,7 @@ def test_ddp_two_cpu_ranks_end_identical(tmp_path):
            "MASTER_PORT": str(29500 + os.getpid() % 1000), "PL_DISABLE_FORK": "1"}
     env.pop("LOCAL_RANK", None)
     proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "models"), str(tmp_path)],
-                          cwd=WORKER.parents[1], env=env, capture_output=True, text=True, timeout=240)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = [tmp_path / "rank0.safetensors", tmp_path / "rank1.safetensors"]
     assert all(f.is_file() for f in files), sorted(p.name for p in tmp_path.iterdir())

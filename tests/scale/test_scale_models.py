@@ -1,17 +1,15 @@
 """Real-scale model configs resolve through Hydra; Hub names fail offline with a clear error; SigLIP works."""
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pivotmerge.errors import ConfigError
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from tests.helpers import CONF
 
 
 def _compose(*overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 
@@ -86,14 +84,14 @@ def test_real_data_configs_compose_with_the_k4_scenario(data, monkeypatch):
 
 
 def test_local_parallel_launcher_extends_joblib():
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=local_parallel"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
 
 
 def test_slurm_launcher_extends_submitit():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")

@@ -1,55 +1,30 @@
 """img2dataset-layout webdataset shards written here, read back through the real loader (skips counted)."""
-import io
 import json
 import logging
-import tarfile
 
 import pytest
 from omegaconf import OmegaConf
-from PIL import Image
 
 from pivotmerge.data.sources.webdataset import WebDatasetSource, expand_braces, expand_shards
 from pivotmerge.errors import ConfigError, DataError
-
-
-def _jpeg(color) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (12, 10), color).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _add(tar, name, data: bytes):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_shard(path, samples):
-    """samples: (key, caption bytes | None, image bytes | None)."""
-    with tarfile.open(path, "w") as tar:
-        for key, caption, image in samples:
-            if image is not None:
-                _add(tar, f"{key}.jpg", image)
-            if caption is not None:
-                _add(tar, f"{key}.txt", caption)
-            _add(tar, f"{key}.json", json.dumps({"key": key, "status": "success"}).encode())
+from tests.helpers.shards import jpeg, write_shard
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("cc12m")
     write_shard(root / "00000.tar", [
-        ("000000000", b"a red bus on a street", _jpeg((200, 0, 0))),
-        ("000000001", b"  a green   field  ", _jpeg((0, 200, 0))),
+        ("000000000", b"a red bus on a street", jpeg((200, 0, 0))),
+        ("000000001", b"  a green   field  ", jpeg((0, 200, 0))),
         ("000000002", b"a broken photo", b"\xff\xd8\xff not really a jpeg"),   # corrupt image
-        ("000000003", b"   ", _jpeg((0, 0, 200))),                             # empty caption
+        ("000000003", b"   ", jpeg((0, 0, 200))),                             # empty caption
     ])
     write_shard(root / "00001.tar", [
-        ("000010000", b"a dog on a beach", _jpeg((120, 120, 0))),
-        ("000010001", None, _jpeg((0, 120, 120))),                             # no caption at all
+        ("000010000", b"a dog on a beach", jpeg((120, 120, 0))),
+        ("000010001", None, jpeg((0, 120, 120))),                             # no caption at all
         ("000010002", b"a cat without a picture", None),                        # no image
-        ("000010003", b"\xff\xfe bad utf8", _jpeg((9, 9, 9))),                  # caption not UTF-8
-        ("000010004", b"a lighthouse at dusk", _jpeg((250, 200, 10))),
+        ("000010003", b"\xff\xfe bad utf8", jpeg((9, 9, 9))),                  # caption not UTF-8
+        ("000010004", b"a lighthouse at dusk", jpeg((250, 200, 10))),
     ])
     return root
 
@@ -79,7 +54,7 @@ def test_reads_good_samples_and_counts_skips(shards, caplog):
 
 
 def test_truncated_and_missing_shards_do_not_crash(shards, tmp_path):
-    write_shard(tmp_path / "full.tar", [(f"{i:09d}", b"caption %d" % i, _jpeg((i, 0, 0))) for i in range(5)])
+    write_shard(tmp_path / "full.tar", [(f"{i:09d}", b"caption %d" % i, jpeg((i, 0, 0))) for i in range(5)])
     data = (tmp_path / "full.tar").read_bytes()
     (tmp_path / "cut.tar").write_bytes(data[:len(data) // 2])  # a download killed mid-shard
     source = WebDatasetSource("cc12m", [str(tmp_path / "cut.tar"), str(tmp_path / "gone.tar"),
