@@ -17,7 +17,7 @@ experts' order). No separate scale: the coefficients are the scale.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -70,19 +70,44 @@ def adamerging_merge(
     coefficients = torch.full((len(experts), sum(len(s) for s in slices.values())), float(init), requires_grad=True)
 
     def merged_state() -> dict[str, Tensor]:
-        state, column = {}, 0
-        for layer in layers:
-            for key in layer_keys(layer):
-                if key not in base:
-                    continue
-                rows = []
-                for j, rs in enumerate(slices[layer]):
-                    update = sum(coefficients[k, column + j] * taus[k][key][rs] for k in range(len(experts)))
-                    rows.append(base[key][rs] + update)
-                state[key] = torch.cat(rows)
-            column += len(slices[layer])
-        return state
+        return _merged_state(coefficients, base, taus, layers, slices)
 
+    losses = _fit(coefficients, merged_state, base, taus, stats, steps=steps, lr=lr, batch_tokens=batch_tokens,
+                  seed=seed)
+    with torch.no_grad():
+        merged = {k: v.detach() for k, v in merged_state().items()}
+    for key in float_keys(pivot):
+        if key not in merged:   # outside the Linear layers: averaged
+            merged[key] = base[key] + mean_task_vector(pivot, experts, key).float()
+    if diagnostics is not None:
+        diagnostics.update(method=NAME, options={"init": init, "steps": steps, "lr": lr, "chunks": chunks,
+                                                 "batch_tokens": batch_tokens, "seed": seed},
+                           coefficients=coefficients.detach().tolist(),
+                           fit_loss_first_last=[losses[0], losses[-1]] if losses else None)
+    return finalize(pivot, merged)
+
+
+def _merged_state(coefficients: Tensor, base: dict[str, Tensor], taus: list[dict[str, Tensor]], layers: list[str],
+                  slices: dict[str, list[slice]]) -> dict[str, Tensor]:
+    """The Linear layers' tensors of pivot + sum_k lambda_{k,l,c} tau_{k,l,c} (differentiable in the lambdas)."""
+    state, column = {}, 0
+    for layer in layers:
+        for key in layer_keys(layer):
+            if key not in base:
+                continue
+            rows = []
+            for j, rs in enumerate(slices[layer]):
+                update = sum(coefficients[k, column + j] * taus[k][key][rs] for k in range(len(taus)))
+                rows.append(base[key][rs] + update)
+            state[key] = torch.cat(rows)
+        column += len(slices[layer])
+    return state
+
+
+def _fit(coefficients: Tensor, merged_state: Callable[[], dict[str, Tensor]], base: dict[str, Tensor],
+         taus: list[dict[str, Tensor]], stats: Sequence[ExpertStats], *, steps: int, lr: float, batch_tokens: int,
+         seed: int) -> list[float]:
+    """Adam on the feature-matching loss L(lambda) of the module docstring; the loss of each step."""
     with torch.no_grad():
         inputs = [s.inputs.float() for s in stats]
         targets = [projector_forward(e, x) for e, x in zip([{k: base[k] + t[k] for k in base} for t in taus], inputs)]
@@ -101,14 +126,4 @@ def adamerging_merge(
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    with torch.no_grad():
-        merged = {k: v.detach() for k, v in merged_state().items()}
-    for key in float_keys(pivot):
-        if key not in merged:   # outside the Linear layers: averaged
-            merged[key] = base[key] + mean_task_vector(pivot, experts, key).float()
-    if diagnostics is not None:
-        diagnostics.update(method=NAME, options={"init": init, "steps": steps, "lr": lr, "chunks": chunks,
-                                                 "batch_tokens": batch_tokens, "seed": seed},
-                           coefficients=coefficients.detach().tolist(),
-                           fit_loss_first_last=[losses[0], losses[-1]] if losses else None)
-    return finalize(pivot, merged)
+    return losses

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_cfg(tmp_path_factory):
     """`cfg.model` of a tiny random LLaVA-style MLLM (tiny CLIP tower + tiny Llama) saved on disk."""
-    from tests.tiny_models import tiny_model_cfg as build
+    from tests.helpers.tiny_models import tiny_model_cfg as build
 
     return build(tmp_path_factory.mktemp("tiny-models"))
 

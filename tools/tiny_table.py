@@ -2,8 +2,8 @@
 
     python tools/tiny_table.py OUT_DIR [--models DIR]
 
-Composes the real Hydra config with the tiny random models of the tests (tests/tiny_models.py), two small real
-sources, two seeds, five merges (two data-free baselines, PivotMerge's two readings - the feature-space one
+Composes the real Hydra config with the tiny random models of the tests (tests/helpers/tiny_models.py), two
+small real sources, two seeds, five merges (two data-free baselines, PivotMerge's two readings - the feature-space one
 with alm=data, so the calibration loss swaps projectors - and RegMean) and a few benchmarks of every kind on
 `eval.limit` items, runs pivotmerge.pipeline.runner.run with
 fresh caches under OUT_DIR, and leaves the run folder at OUT_DIR/out. Compare two runs' report/table.* and
@@ -39,8 +39,8 @@ def main(argv=None) -> None:
     from omegaconf import OmegaConf
 
     from pivotmerge.pipeline.runner import run
-    from tests.pipeline_helpers import compose_cfg
-    from tests.tiny_models import build_tiny_models, tiny_model_dict
+    from tests.helpers.compose import compose_cfg
+    from tests.helpers.tiny_models import build_tiny_models, tiny_model_dict
     models = args.models or args.out / "models"
     if not (models / "llm" / "config.json").is_file():
         build_tiny_models(models)

@@ -150,40 +150,54 @@ def write_diagnostics(diag: Mapping, out_dir: str | os.PathLike, *, plots: bool 
 
 
 def _plots(diag: Mapping, out: Path) -> list[Path]:
+    title = diag.get("method", "merge")
+    written = [_spectra_plot(diag["layers"], title, out), _layers_plot(diag["layers"], title, out)]
+    return [p for p in written if p is not None]
+
+
+def _figure(width: float, height: float):
+    """An Agg figure of this size in inches (at 200 dpi)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, no global pyplot state
     from matplotlib.figure import Figure
 
-    layers = diag["layers"]
-    written = []
-    title = diag.get("method", "merge")
-    spec_layers = [name for name, rec in layers.items() if rec.get("tau_spectra")]
-    if spec_layers:
-        n = len(spec_layers)
-        ncols = min(3, n)
-        nrows = math.ceil(n / ncols)
-        fig = Figure(figsize=(4.2 * ncols, 3.3 * nrows), dpi=200)
-        FigureCanvasAgg(fig)
-        for idx, name in enumerate(spec_layers):
-            ax = fig.add_subplot(nrows, ncols, idx + 1)
-            rec = layers[name]
-            for i, s in enumerate(rec["tau_spectra"]):
-                ax.semilogy(range(1, len(s) + 1), [max(v, 1e-12) for v in s], lw=1.0, alpha=0.8, label=f"expert {i}")
-            if rec.get("merged_spectrum"):
-                s = rec["merged_spectrum"]
-                ax.semilogy(range(1, len(s) + 1), [max(v, 1e-12) for v in s], "k--", lw=1.6, label="merged update")
-            ax.set_title(f"layer {name}" + (" (top-k)" if rec.get("spectrum_truncated") else ""), fontsize=9)
-            ax.set_xlabel("index", fontsize=8)
-            ax.set_ylabel("singular value", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, which="both", alpha=0.3)
-            if idx == 0:
-                ax.legend(fontsize=7, frameon=False)
-        fig.suptitle(f"{title}: singular-value spectra of task vectors and merged update", fontsize=10)
-        fig.tight_layout()
-        p = out / "spectra.png"
-        _atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))
-        written.append(p)
+    fig = Figure(figsize=(width, height), dpi=200)
+    FigureCanvasAgg(fig)
+    return fig
 
+
+def _spectra_plot(layers: Mapping, title: str, out: Path) -> Path | None:
+    """spectra.png: the singular values of each expert's task vector and of the merged update, per layer."""
+    spec_layers = [name for name, rec in layers.items() if rec.get("tau_spectra")]
+    if not spec_layers:
+        return None
+    n = len(spec_layers)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(4.2 * ncols, 3.3 * nrows)
+    for idx, name in enumerate(spec_layers):
+        ax = fig.add_subplot(nrows, ncols, idx + 1)
+        rec = layers[name]
+        for i, s in enumerate(rec["tau_spectra"]):
+            ax.semilogy(range(1, len(s) + 1), [max(v, 1e-12) for v in s], lw=1.0, alpha=0.8, label=f"expert {i}")
+        if rec.get("merged_spectrum"):
+            s = rec["merged_spectrum"]
+            ax.semilogy(range(1, len(s) + 1), [max(v, 1e-12) for v in s], "k--", lw=1.6, label="merged update")
+        ax.set_title(f"layer {name}" + (" (top-k)" if rec.get("spectrum_truncated") else ""), fontsize=9)
+        ax.set_xlabel("index", fontsize=8)
+        ax.set_ylabel("singular value", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        if idx == 0:
+            ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: singular-value spectra of task vectors and merged update", fontsize=10)
+    fig.tight_layout()
+    p = out / "spectra.png"
+    _atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))
+    return p
+
+
+def _layers_plot(layers: Mapping, title: str, out: Path) -> Path | None:
+    """layers.png: one bar chart per per-layer statistic that the method recorded."""
     panels = [
         (key, label)
         for key, label in (
@@ -194,27 +208,26 @@ def _plots(diag: Mapping, out: Path) -> list[Path]:
         )
         if any(isinstance(rec.get(key), (int, float)) for rec in layers.values())
     ]
-    if panels:
-        names = list(layers)
-        fig = Figure(figsize=(3.6 * len(panels), 3.2), dpi=200)
-        FigureCanvasAgg(fig)
-        for j, (key, label) in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), j + 1)
-            vals = [layers[n].get(key) if isinstance(layers[n].get(key), (int, float)) else 0.0 for n in names]
-            ax.bar(range(len(names)), vals, color="#4C72B0")
-            ax.set_xticks(range(len(names)))
-            ax.set_xticklabels(names, rotation=45 if len(names) > 4 else 0,
-                               ha="right" if len(names) > 4 else "center", fontsize=7)
-            ax.set_title(label, fontsize=9)
-            ax.set_xlabel("layer", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, axis="y", alpha=0.3)
-        fig.suptitle(f"{title}: per-layer statistics", fontsize=10)
-        fig.tight_layout()
-        p = out / "layers.png"
-        _atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))
-        written.append(p)
-    return written
+    if not panels:
+        return None
+    names = list(layers)
+    fig = _figure(3.6 * len(panels), 3.2)
+    for j, (key, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), j + 1)
+        vals = [layers[n].get(key) if isinstance(layers[n].get(key), (int, float)) else 0.0 for n in names]
+        ax.bar(range(len(names)), vals, color="#4C72B0")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45 if len(names) > 4 else 0,
+                           ha="right" if len(names) > 4 else "center", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"{title}: per-layer statistics", fontsize=10)
+    fig.tight_layout()
+    p = out / "layers.png"
+    _atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))
+    return p
 
 
 __all__ = ["collect", "layer_matrix", "singular_values", "write_diagnostics"]

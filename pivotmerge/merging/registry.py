@@ -10,7 +10,7 @@ Each file is a Hydra ``_partial_`` config::
 
 :func:`available` lists the files, :func:`merge` calls ``_target_`` with the file's options updated by the
 caller's. A merge function is ``fn(pivot, experts, *, <options>, diagnostics=None)``: its options are
-keyword-only parameters *without* defaults (the YAML holds the only copy; ``tests/test_merge_registry.py``
+keyword-only parameters *without* defaults (the YAML holds the only copy; ``tests/merging/test_merge_registry.py``
 enforces it). Keyword parameters named in :data:`NON_OPTIONS` are supplied by the caller, not configured.
 """
 
@@ -177,7 +177,7 @@ def merge(
 # ---------------------------------------------------------------------------------------- contract
 @dataclass(frozen=True)
 class Contract:
-    """Properties of a merge method that ``tests/test_merge_contract.py`` checks, beyond the ones every
+    """Properties of a merge method that ``tests/merging/test_merge_contract.py`` checks, beyond the ones every
     method must have (dtype kept, inputs untouched, deterministic, zero task vectors give the pivot, clean
     option errors, CLI round trip).
 

@@ -156,7 +156,7 @@ class MLLM(nn.Module):
         """Last hidden states of `embed`'s output and the sequence position of their first row.
 
         With `reuse_head_kv` the chat prefix is read from `head_kv` instead of being run again: the
-        result equals the full forward (tests/test_models.py), minus the prefix positions.
+        result equals the full forward (tests/models/test_models.py), minus the prefix positions.
         """
         if not (self.reuse_head_kv and self.num_head_tokens):
             return self.llm.base_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state, 0

@@ -1,0 +1,51 @@
+"""Preflight: the whole resolved config is checked before the first stage runs.
+
+A bad value found after an hour of training is an hour lost, so `check(cfg)` validates everything a run
+will use and raises one `PreflightError` naming the key, the bad value and what would fix it. Nothing is
+written to the cache. The checks, grouped by what they check:
+
+* `schema`: types and ranges of every trainer / scenario / data / model / eval option (dataclass schemas: a
+  field's type and its `rule(...)` are the whole check);
+* `rules`: rules across keys - stages and step counts, seeds, the data-source adapters, the eval task names;
+* `merges`: the selected merge methods' options (each method runs once on a tiny synthetic problem, so the
+  method's own validation is the rule);
+* `packages`: every package the run will import is importable.
+
+Defaults are not repeated here: they live in conf/ only.
+"""
+from omegaconf import OmegaConf
+
+from pivotmerge.preflight.merges import check_merges
+from pivotmerge.preflight.packages import check_packages, required_modules
+from pivotmerge.preflight.rules import (
+    check_eval_tasks,
+    check_integers,
+    check_seeds,
+    check_sources,
+    check_stages_and_steps,
+)
+from pivotmerge.preflight.schema import PreflightError, RunSchema, check_schema, rule
+
+
+def check(cfg, *, packages: bool = True) -> None:
+    """Validate the resolved run config; raise PreflightError naming the first problem."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:   # missing mandatory value (???) or a broken interpolation
+        raise PreflightError(f"config cannot be resolved: {str(exc).splitlines()[0]}") from exc
+    check_integers(cfg)
+    check_schema(cfg, RunSchema, "")
+    check_stages_and_steps(cfg)
+    check_seeds(cfg)
+    sources = check_sources(cfg)
+    if cfg.report.only:
+        return
+    if any(s in cfg.stages for s in ("merge", "eval")):
+        check_merges(cfg, len(sources) if cfg.get("num_experts_merged") is None else int(cfg.num_experts_merged))
+    check_eval_tasks(cfg, sources)
+    if packages:
+        # required_modules looked up here, at call time: tests replace pivotmerge.preflight.required_modules
+        check_packages(cfg, sources, required_modules(cfg))
+
+
+__all__ = ["PreflightError", "check", "check_schema", "required_modules", "rule"]

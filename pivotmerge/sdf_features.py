@@ -1,0 +1,141 @@
+"""PivotMerge's SDF in the feature space (``sdf_space=features``): shared directions are where the domains'
+inputs live, read from each expert's own-domain input statistics (see docs/method.md).
+
+Per Linear layer, with each domain's input Gram G_k and Ghat_k = G_k / tr G_k, the eigenvectors u_i of
+sum_k Ghat_k and each domain's energy e_ki = u_i^T Ghat_k u_i along them, direction i is SHARED when its
+normalised participation (sum_k e_ki)^2 / (K sum_k e_ki^2), rescaled from [1/K, 1] to [0, 1], reaches
+``shared_threshold``. Each task matrix splits into its action on the shared subspace and the rest:
+tau_k = tau_k P_S + rho_k. On a shared direction the experts' output changes v_ki = tau_k u_i are merged
+into one consensus (energy-weighted mean; ``filter`` suppresses conflicts: ``sign`` - per output coordinate only
+the experts agreeing with the elected sign; ``cosine`` - the direction is dropped when the agreement
+||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is below ``filter_threshold``). The domain-specific remainders are
+merged by least squares on the domains' inputs (RegMean, Grams shrunk by ``alpha``):
+    Delta = sum_{i in S} vbar_i u_i^T + (sum_k rho_k G_k') (sum_k G_k')^+.
+No shared direction (threshold > 1) is RegMean; one expert gives its own task matrix.
+``layer_inputs='merged'``: a later layer's Grams come from the domains' inputs pushed through the merged
+earlier layers (as RegMean++), ``'own'``: through each expert's own layers (as RegMean).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pivotmerge.merging.calibration import (
+    ExpertStats,
+    apply_layer,
+    augmented_gram,
+    augmented_task_matrix,
+    layer_gram,
+    layer_keys,
+    linear_layers,
+    regmean_solve,
+    shrink,
+    split_update,
+)
+from pivotmerge.merging.ops import diag_layer
+
+LAYER_INPUTS = ("merged", "own")
+
+
+@dataclass(frozen=True)
+class SharedDirections:
+    """One layer's input directions (eigenvectors of sum_k Ghat_k) and which of them the domains share."""
+
+    evecs: Tensor        # [D, D], one direction per column
+    energies: Tensor     # [K, D], e_ki
+    total: Tensor        # [D], sum_k e_ki
+    sharedness: Tensor   # [D], in [0, 1]
+    shared: Tensor       # [D], bool: sharedness >= shared_threshold
+
+    def record(self, suppressed: int) -> dict:
+        """The layer's diagnostics fields."""
+        total, shared = self.total, self.shared
+        return dict(shared_directions=int(shared.sum()), input_dims=int(len(total)),
+                    shared_energy_fraction=float(total[shared].sum() / total.sum().clamp_min(1e-300)),
+                    shared_directions_suppressed=suppressed,
+                    mean_sharedness=float((self.sharedness * total).sum() / total.sum().clamp_min(1e-300)))
+
+
+def feature_space_deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]],
+                         stats: Sequence[ExpertStats], *, shared_threshold: float, filter_mode: str,
+                         filter_threshold: float, alpha: float, layer_inputs: str,
+                         diagnostics: dict | None) -> dict[str, Tensor]:
+    """Per-key merged updates of the Linear layers (float64), layer by layer (see the module docstring)."""
+    deltas: dict[str, Tensor] = {}
+    activations = [s.inputs.double() for s in stats] if layer_inputs == "merged" else None
+    layers = linear_layers(pivot)
+    for index, layer in enumerate(layers):
+        grams = _layer_grams(pivot, stats, layer, activations if index > 0 else None)
+        taus = [augmented_task_matrix(pivot, e, layer) for e in experts]
+        directions = shared_directions(grams, shared_threshold)
+        delta, suppressed = _merge_layer(taus, grams, directions, filter_mode, filter_threshold, alpha)
+        deltas.update(split_update(pivot, layer, delta))
+        diag_layer(diagnostics, layer or "linear").update(directions.record(suppressed))
+        if activations is not None and index + 1 < len(layers):
+            current = {key: pivot[key].double() + deltas[key] for key in layer_keys(layer) if key in deltas}
+            activations = [torch.nn.functional.gelu(apply_layer(current, layer, x)) for x in activations]
+    return deltas
+
+
+def shared_directions(grams: Sequence[Tensor], shared_threshold: float) -> SharedDirections:
+    """The eigenvectors of the summed normalised Grams, each domain's energy along them, and the shared ones."""
+    k = len(grams)
+    normalised = [g / torch.trace(g).clamp_min(1e-300) for g in grams]
+    evals, evecs = torch.linalg.eigh(sum(normalised))
+    energies = torch.stack([torch.einsum("di,de,ei->i", evecs, g, evecs) for g in normalised])   # [K, D]
+    total = energies.sum(0)
+    if k == 1:
+        sharedness = torch.ones_like(total)
+    else:
+        participation = total ** 2 / (k * (energies ** 2).sum(0)).clamp_min(1e-300)
+        sharedness = ((participation - 1 / k) / (1 - 1 / k)).clamp(0, 1)
+    shared = sharedness >= shared_threshold - 1e-12
+    return SharedDirections(evecs, energies, total, sharedness, shared)
+
+
+def _layer_grams(pivot: Mapping[str, Tensor], stats: Sequence[ExpertStats], layer: str,
+                 activations: list[Tensor] | None) -> list[Tensor]:
+    """Each domain's input Gram of ``layer``: from ``activations`` (the inputs pushed through the merged
+    earlier layers) when given, else from the statistics (the experts' own layers)."""
+    if activations is not None:
+        has_bias = layer_keys(layer)[1] in pivot
+        return [augmented_gram(x) if has_bias else augmented_gram(x)[:-1, :-1] for x in activations]
+    return [layer_gram(s, pivot, layer) for s in stats]
+
+
+def _merge_layer(taus: list[Tensor], grams: list[Tensor], directions: SharedDirections, filter_mode: str,
+                 filter_threshold: float, alpha: float) -> tuple[Tensor, int]:
+    """Delta = consensus on the shared directions + RegMean of the remainders; and the suppressed count."""
+    shared = directions.shared
+    u = directions.evecs[:, shared]                                # [D, r]
+    weights = directions.energies[:, shared].clamp_min(0)          # [K, r]
+    v = torch.stack([tau @ u for tau in taus])                     # [K, out, r]
+    consensus, suppressed = _filter_features(v, weights, filter_mode, filter_threshold)
+    shared_update = consensus @ u.T
+    remainders = [tau - (tau @ u) @ u.T for tau in taus]
+    specific = regmean_solve(remainders, [shrink(g, alpha) for g in grams]) \
+        if int(shared.sum()) < len(directions.total) else torch.zeros_like(shared_update)
+    return shared_update + specific, suppressed
+
+
+def _filter_features(v: Tensor, weights: Tensor, mode: str, threshold: float) -> tuple[Tensor, int]:
+    """Consensus output change per shared direction [out, r] from the experts' [K, out, r] and their domain
+    energies [K, r]; and how many directions were suppressed."""
+    w = weights.unsqueeze(1)                                           # [K, 1, r]
+    weighted = (w * v).sum(0)
+    mean = weighted / weights.sum(0).clamp_min(1e-300)
+    if mode == "none":
+        return mean, 0
+    if mode == "sign":
+        elected = torch.where(weighted >= 0, 1.0, -1.0).to(v.dtype)
+        agree = (v * elected > 0).to(v.dtype) * w
+        return (agree * v).sum(0) / agree.sum(0).clamp_min(1e-300), 0
+    agreement = weighted.norm(dim=0) / (w * v).norm(dim=1).sum(0).clamp_min(1e-300)   # cosine mode
+    keep = agreement >= threshold
+    return mean * keep.to(v.dtype), int((~keep).sum())
+
+
+__all__ = ["LAYER_INPUTS", "SharedDirections", "feature_space_deltas", "shared_directions"]

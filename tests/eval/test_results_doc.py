@@ -1,0 +1,125 @@
+"""docs/results.md and the README's results block are generated from results stores alone."""
+import json
+
+from experiments.results_doc import README_BEGIN, README_END, main
+from tests.helpers.rows import known_rows
+
+
+def _store(outputs, experiment, run, rows):
+    folder = outputs / experiment / run / "results"
+    folder.mkdir(parents=True)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_doc_and_readme_come_from_the_newest_store(tmp_path):
+    outputs = tmp_path / "outputs"
+    old = [dict(r, value=0.0) for r in known_rows()]
+    _store(outputs, "paper_table", "2026-01-01_00-00-00", old)
+    _store(outputs, "paper_table", "2026-01-02_00-00-00", known_rows())
+    (outputs / "paper_table" / "2026-01-01_00-00-00" / "heldout_loss.md").write_text("| model | x |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{README_BEGIN}\nstale\n{README_END}\n\ntail\n")
+    main(["--outputs", str(outputs), "--multirun", str(tmp_path / "none"),
+          "--doc", str(tmp_path / "docs" / "results.md"), "--readme", str(readme)])
+    doc = (tmp_path / "docs" / "results.md").read_text()
+    assert "## paper_table" in doc and "2026-01-02_00-00-00" in doc
+    assert "| merge:pivotmerge | **71.0 (sd 1.4)** |" in doc   # seeds 0/1 of the newest store, not zeros
+    assert "merge:pivotmerge ranks 1 of 1" in doc and "| model | x |" in doc
+    assert (tmp_path / "docs" / "figures" / "paper_table.png").stat().st_size > 0
+    text = readme.read_text()
+    assert "stale" not in text and text.endswith("\n\ntail\n") and "**71.0 (sd 1.4)**" in text
+
+
+def test_signal_checks_flag_flat_columns_and_experts_that_do_not_lead():
+    from eval.table import build_table
+    from experiments.results_doc import signal_checks
+    from tests.helpers.rows import result_row
+
+    rows = []
+    for model, digits, words, open_ in (("pivot", 0.25, 0.30, 0.0), ("expert:digits", 0.9, 0.2, 0.0),
+                                        ("expert:words", 0.2, 0.25, 0.0), ("merge:ties", 0.5, 0.4, 0.0)):
+        rows += [result_row(model, "pm_mc_digits", digits), result_row(model, "pm_mc_words", words),
+                 result_row(model, "pm_open_words", open_, metric="exact_match")]
+    lines = signal_checks(build_table(rows))
+    assert any(line.startswith("No signal") and "pm_open_words" in line and "pm_mc" not in line for line in lines)
+    assert any("expert:words does not lead" in line and "below merge:ties 40.0" in line for line in lines)
+    assert not any("expert:digits does not lead" in line for line in lines)
+
+
+def test_findings_state_gaps_in_table_units_and_spot_identical_rows():
+    from eval.table import build_table
+    from experiments.results_doc import findings
+    from tests.helpers.rows import result_row
+
+    rows = []
+    for model, digits, words in (("pivot", 0.25, 0.25), ("expert:digits", 0.60, 0.20), ("expert:words", 0.20, 0.50),
+                                 ("merge:ties", 0.40, 0.30), ("merge:pivotmerge", 0.33, 0.32),
+                                 ("merge:pm_all_off", 0.40, 0.30)):
+        rows += [result_row(model, "pm_mc_digits", digits), result_row(model, "pm_mc_words", words)]
+    lines = findings(build_table(rows))
+    # averages 35.0 (ties, pm_all_off) and 32.5 (pivotmerge): gaps in points of the table, not x100
+    assert any("merge:pivotmerge ranks 3 of 3" in line and "2.5 points behind" in line
+               and "vs TIES: -2.5 points" in line for line in lines), lines
+    assert any(line == "merge:ties and merge:pm_all_off score identically on every benchmark." for line in lines)
+    assert any("best (or tied best) merge on 1 of 2 benchmarks" in line and "pm_mc_words" in line for line in lines)
+    assert any(line.startswith("One seed:") for line in lines)
+
+
+def test_sweep_sections_name_the_swept_option_and_keep_only_the_newest_sweep(tmp_path):
+    import yaml
+
+    from tests.helpers.rows import sweep_job, sweep_row
+
+    def sweep(run, values, scores):
+        folder = tmp_path / "multirun" / "ablation" / run
+        task = ["experiment=ablation", "merge.pivotmerge.lam=0.3", f"merge.pivotmerge.rank_ratio={','.join(values)}"]
+        for index, (value, score) in enumerate(zip(values, scores)):
+            sweep_job(folder / str(index), ["experiment=ablation", "merge.pivotmerge.lam=0.3",
+                                            f"merge.pivotmerge.rank_ratio={value}"],
+                      [sweep_row("pivot", 0.3), sweep_row("merge:pivotmerge", score)])
+        (folder / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+        (folder / "sweep_table").mkdir()
+        (folder / "sweep_table" / "table.md").write_text("callback table\n")
+
+    sweep("2026-01-01_00-00-00", ["0.1", "0.9"], [0.0, 0.0])
+    sweep("2026-01-02_00-00-00", ["0.25", "0.75"], [0.5, 0.2])
+    doc = tmp_path / "docs" / "results.md"
+    main(["--outputs", str(tmp_path / "none"), "--multirun", str(tmp_path / "multirun"), "--doc", str(doc),
+          "--readme", str(tmp_path / "no_readme.md")])
+    text = doc.read_text()
+    assert text.count("## Sweep: merge.pivotmerge.rank_ratio") == 1 and "2026-01-02_00-00-00" in text
+    assert ("`python run.py -m experiment=ablation merge.pivotmerge.lam=0.3 "
+            "merge.pivotmerge.rank_ratio=0.25,0.75`") in text
+    assert "rank_ratio=0.25] is best (50.0)" in text and "a spread of 30.0 points" in text
+    assert "1 of 2 settings average above the pivot (30.0)" in text
+
+
+def test_a_list_value_is_not_a_sweep():
+    from experiments.results_doc import _is_sweep
+
+    assert _is_sweep("0.25,0.5") and _is_sweep("similar,diverse")
+    assert not _is_sweep("[pm_mc_*,pm_pope]") and not _is_sweep("0.3") and not _is_sweep("'a,b'")
+    assert _is_sweep("[a,b],[c]")
+
+
+def test_selection_summary_shows_searched_options_and_grid_edges():
+    from experiments.results_doc import selection_summary
+
+    def entry(chosen_lam, lams):
+        return {"chosen": {"density": 0.2, "lam": chosen_lam},
+                "candidates": [{"options": {"density": 0.2, "lam": lam}, "val_loss": 1.0} for lam in lams]}
+
+    assert selection_summary(entry(0.3, [1.0, 0.3, 0.5])) == "`lam=0.3 (edge of the grid)`"
+    assert selection_summary(entry(0.5, [1.0, 0.3, 0.5])) == "`lam=0.5`"
+    assert selection_summary({"chosen": {}, "candidates": [{"options": {}, "val_loss": 1.0}]}) == \
+        "(one candidate: nothing searched)"
+
+
+def test_configured_seeds_come_from_the_experiment_configs():
+    """A store with fewer seeds than its experiment runs is flagged partial: the seeds are read from conf/."""
+    from experiments.results_doc import configured_seeds
+
+    assert configured_seeds("paper_table") == [0, 1, 2]
+    assert configured_seeds("pivotmerge_vs_ties") == [0]
+    assert configured_seeds("no_such_experiment") == [0]

@@ -1,0 +1,44 @@
+"""Every experiment config composes, and what it promises holds at the config level."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pivotmerge.pipeline.merge import candidate_options, expand_variants
+from tests.helpers import CONF
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _cfg(experiment, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_its_search_grids_name_real_options(experiment):
+    cfg = _cfg(experiment)
+    assert cfg.experiment_name == experiment
+    methods = expand_variants(cfg)
+    assert methods, "an experiment without merge methods"
+    for name, grid in ((cfg.get("merge_search") or {}).get("grids") or {}).items():
+        base = {k: v for k, v in OmegaConf.to_container(methods[name], resolve=True).items() if not k.startswith("_")}
+        candidates = candidate_options(base, OmegaConf.to_container(grid), int(cfg.merge_search.budget))
+        assert candidates[0] == base and len(candidates) == int(cfg.merge_search.budget)
+
+
+def test_paper_table_searches_every_method_with_the_same_budget():
+    cfg = _cfg("paper_table")
+    assert list(cfg.seeds) == [0, 1, 2] and cfg.scenario.joint.enabled
+    searched = {k for k in cfg.merge if k != "average"}   # averaging has no option
+    assert searched == set(cfg.merge_search.grids)
+
+
+def test_ablation_variants_inherit_the_experiments_settings_of_their_base():
+    methods = expand_variants(_cfg("ablation_components", "merge.pivotmerge.lam=0.3"))
+    base = OmegaConf.to_container(methods["pivotmerge"])
+    assert base["lam"] == 0.3
+    for name, switched in {"pm_no_shared_space": {"shared_threshold": 2.0}, "pm_no_filter": {"filter": "none"},
+                           "pm_own_layer_inputs": {"layer_inputs": "own"}, "pm_all_shared": {"shared_threshold": 0.0},
+                           "pm_alm_data": {"alm": "data"}}.items():
+        assert OmegaConf.to_container(methods[name]) == {**base, **switched}, name
