@@ -45,7 +45,8 @@ def data_scores(
 
     ``probe='remove'``: gain_l = L(merged without layer l's update) - L(merged);
     ``'apply'``: gain_l = L(pivot) - L(pivot + layer l's update)."""
-    full = finalize(pivot, {k: apply_update(pivot[k], d, lam) for k, d in delta.items()})
+    # clones: apply_update works in place, and delta is applied again with the layer weights afterwards
+    full = finalize(pivot, {k: apply_update(pivot[k], d.clone(), lam) for k, d in delta.items()})
     gains: dict[str, float] = {}
     if probe == "remove":
         base = _call_loss(calibration_loss, full, "the merged projector", method)

@@ -136,6 +136,16 @@ def test_alm_data_without_loss_and_bad_loss():
         merge("pivotmerge_data_free", pivot, experts, alm="data", calibration_loss=lambda sd: float("nan"))
 
 
+@pytest.mark.parametrize("probe", ["remove", "apply"])
+def test_alm_data_with_one_weight_for_every_layer_is_alm_off(probe):
+    # the probes evaluate the merged update; they must not change the update that is applied afterwards
+    pivot, experts = make(3)
+    off = merge("pivotmerge_data_free", pivot, experts, alm="off")
+    data = merge("pivotmerge_data_free", pivot, experts, alm="data", alm_probe=probe, weight_range=[1.0, 1.0],
+                 calibration_loss=lambda sd: float(sum(v.double().square().sum() for v in sd.values())))
+    assert all(torch.equal(off[k], data[k]) for k in pivot)
+
+
 # -------------------------------------------------------------------------------- invariants
 def test_one_expert_gives_pivot_plus_lam_tau():
     pivot, experts = make(1)
