@@ -171,19 +171,25 @@ def configured_seeds(experiment: str) -> list[int]:
     return [int(s) for s in seeds] if seeds else [int(OmegaConf.load(ROOT / "conf" / "config.yaml").seed)]
 
 
+def seeds_run_and_missing(experiment: str, rows: list[dict]) -> tuple[list[int], list[int]]:
+    """The seeds a results store holds, and those its experiment runs that the store lacks."""
+    seeds = sorted({r.get("seed") for r in rows})
+    return seeds, [seed for seed in configured_seeds(experiment) if seed not in seeds]
+
+
 def section(title: str, command: str, store: Path, figures: Path, slug: str) -> str:
     rows = read_rows([store])
     table = build_table(rows)
     figure = figures / f"{slug}.png"
     plot_bars(table, figure)
-    seeds = sorted({r.get("seed") for r in rows})
+    seeds, missing = seeds_run_and_missing(title, rows)
     parts = [f"## {title}", "", f"Command: `{command}`  ", f"Results store: `{_shown(store)}` "
              f"(seeds {seeds}, {len(rows)} rows)", "", to_markdown(table), "",
              f"![{title}](figures/{figure.name})", "", "What it shows:", ""]
-    missing = [seed for seed in configured_seeds(title) if seed not in seeds]
     if missing:
         parts.append(f"- **Partial run**: this store holds seeds {seeds} of the {len(seeds) + len(missing)} the "
-                     f"experiment runs (seeds {missing} not yet run); every ± above is over items of one seed.")
+                     f"experiment runs (seeds {missing} not yet run)"
+                     + ("; every ± above is over the items of that one seed." if len(seeds) == 1 else "."))
     parts += [f"- {line}" for line in findings(table)]
     heldouts = sorted(store.parent.parent.glob("*/heldout_loss.md"), key=lambda p: p.parent.name)
     heldout = heldouts[-1] if heldouts else None
@@ -296,8 +302,7 @@ def update_readme(readme: Path, experiment: str, command: str, store: Path) -> b
     if README_BEGIN not in text or README_END not in text:
         return False
     rows = read_rows([store])
-    seeds = sorted({r.get("seed") for r in rows})
-    missing = [seed for seed in configured_seeds(experiment) if seed not in seeds]
+    seeds, missing = seeds_run_and_missing(experiment, rows)
     partial = f" **Partial: seeds {seeds} only, {missing} not yet run.**" if missing else ""
     block = "\n".join([README_BEGIN, f"Latest `{experiment}` table (`{_shown(store)}`; regenerate it from "
                        f"the store alone with `{command} report.only=true`, run it with `{command}`).{partial}", "",
