@@ -127,8 +127,12 @@ def _score_batch(mllm, features, instructions, choices, include_end):
     for r, t in enumerate(tokens):
         ids[r, :len(t)] = torch.tensor(t, device=device)
         answer_mask[r, :len(t)] = 1
-    # first own answer token: predicted by the last valid prefix position
-    first, first_greedy = _logprobs_of(mllm, last[rows], ids[:, 0], with_greedy=True)
+    # first own answer token: predicted by the last valid prefix position, the same for all of an item's
+    # choices, so the vocabulary-wide log-softmax runs once per item, not once per choice (10x on k-way)
+    first_logits = mllm.llm.get_output_embeddings()(last).float()
+    first_logp = torch.log_softmax(first_logits, dim=-1)[rows, ids[:, 0]]
+    first_greedy = first_logits.argmax(dim=-1)[rows] == ids[:, 0]
+    first = first_logp
     totals = first + shared_lp[rows]
     misses = (~first_greedy).long() + shared_miss[rows]
     if width > 1:
