@@ -76,7 +76,7 @@ from pivotmerge.merging.ops import (
 )
 from pivotmerge.merging.registry import contract
 from pivotmerge.sdf import FILTERS, RANK_MODES, layer_spectrum, shared_space_update
-from pivotmerge.sdf_features import LAYER_INPUTS, feature_space_deltas
+from pivotmerge.sdf_features import CONSENSUS, LAYER_INPUTS, feature_space_deltas
 
 NAME = "pivotmerge"
 SDF_SPACES = ("task_vectors", "features")
@@ -89,6 +89,7 @@ class Options:
     sdf: bool
     sdf_space: str
     shared_threshold: float
+    consensus: str
     alpha: float
     layer_inputs: str
     rank_mode: str
@@ -113,6 +114,7 @@ def pivotmerge_merge(
     sdf: bool,
     sdf_space: str,
     shared_threshold: float,
+    consensus: str,
     alpha: float,
     layer_inputs: str,
     rank_mode: str,
@@ -133,8 +135,8 @@ def pivotmerge_merge(
 ) -> dict[str, Tensor]:
     """PivotMerge (see the module docstring and docs/method.md for the equations and each option)."""
     o = _check_options(calibration_loss, sdf=sdf, sdf_space=sdf_space, shared_threshold=shared_threshold,
-                       alpha=alpha, layer_inputs=layer_inputs, rank_mode=rank_mode, rank_ratio=rank_ratio,
-                       energy=energy, filter=filter, filter_threshold=filter_threshold,
+                       consensus=consensus, alpha=alpha, layer_inputs=layer_inputs, rank_mode=rank_mode,
+                       rank_ratio=rank_ratio, energy=energy, filter=filter, filter_threshold=filter_threshold,
                        remainder_density=remainder_density, alm=alm, alm_proxy=alm_proxy, alm_probe=alm_probe,
                        temperature=temperature, weight_range=weight_range, lam=lam)
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
@@ -160,6 +162,7 @@ def _check_options(calibration_loss: Callable | None, **given: Any) -> Options:
     sdf = check_bool(NAME, "sdf", given["sdf"])
     sdf_space = check_choice(NAME, "sdf_space", given["sdf_space"], SDF_SPACES)
     shared_threshold = check_number(NAME, "shared_threshold", given["shared_threshold"], minimum=0.0)
+    consensus = check_choice(NAME, "consensus", given["consensus"], CONSENSUS)
     alpha = check_fraction(NAME, "alpha", given["alpha"])
     layer_inputs = check_choice(NAME, "layer_inputs", given["layer_inputs"], LAYER_INPUTS)
     rank_mode = check_choice(NAME, "rank_mode", given["rank_mode"], RANK_MODES)
@@ -171,6 +174,9 @@ def _check_options(calibration_loss: Callable | None, **given: Any) -> Options:
         raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [0, 1] for filter=sign")
     if filter_mode == "cosine" and not -1.0 <= filter_threshold <= 1.0:
         raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [-1, 1] for filter=cosine")
+    if sdf_space == "features" and consensus == "least_squares" and filter_mode == "sign":
+        raise MergeConfigError(f"{NAME}: filter=sign is a per-expert vote, defined for consensus=energy_mean only; "
+                               "use filter=cosine or none with consensus=least_squares")
     remainder_density = check_fraction(NAME, "remainder_density", given["remainder_density"])
     alm = check_choice(NAME, "alm", given["alm"], ALM_MODES)
     alm_proxy = check_choice(NAME, "alm_proxy", given["alm_proxy"], ALM_PROXIES)
@@ -191,7 +197,7 @@ def _check_options(calibration_loss: Callable | None, **given: Any) -> Options:
         )
     if calibration_loss is not None and not callable(calibration_loss):
         raise MergeConfigError(f"{NAME}: calibration_loss must be callable")
-    return Options(sdf, sdf_space, shared_threshold, alpha, layer_inputs, rank_mode, rank_ratio, energy,
+    return Options(sdf, sdf_space, shared_threshold, consensus, alpha, layer_inputs, rank_mode, rank_ratio, energy,
                    filter_mode, filter_threshold, remainder_density, alm, alm_proxy, alm_probe, temperature,
                    [lo, hi], lam)
 
@@ -200,7 +206,7 @@ def _deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]]
             o: Options, stats: list | None, diagnostics: dict | None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """SDF: the merged update Delta per key (compute dtype), and the data-free ALM score of each layer."""
     feature_deltas = feature_space_deltas(
-        pivot, experts, stats, shared_threshold=o.shared_threshold, filter_mode=o.filter,
+        pivot, experts, stats, shared_threshold=o.shared_threshold, consensus=o.consensus, filter_mode=o.filter,
         filter_threshold=o.filter_threshold, alpha=o.alpha, layer_inputs=o.layer_inputs,
         diagnostics=diagnostics) if stats is not None else {}
     delta: dict[str, Tensor] = {}

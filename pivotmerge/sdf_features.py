@@ -5,13 +5,18 @@ Per Linear layer, with each domain's input Gram G_k and Ghat_k = G_k / tr G_k, t
 sum_k Ghat_k and each domain's energy e_ki = u_i^T Ghat_k u_i along them, direction i is SHARED when its
 normalised participation (sum_k e_ki)^2 / (K sum_k e_ki^2), rescaled from [1/K, 1] to [0, 1], reaches
 ``shared_threshold``. Each task matrix splits into its action on the shared subspace and the rest:
-tau_k = tau_k P_S + rho_k. On a shared direction the experts' output changes v_ki = tau_k u_i are merged
-into one consensus (energy-weighted mean; ``filter`` suppresses conflicts: ``sign`` - per output coordinate only
-the experts agreeing with the elected sign; ``cosine`` - the direction is dropped when the agreement
-||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is below ``filter_threshold``). The domain-specific remainders are
-merged by least squares on the domains' inputs (RegMean, Grams shrunk by ``alpha``):
-    Delta = sum_{i in S} vbar_i u_i^T + (sum_k rho_k G_k') (sum_k G_k')^+.
-No shared direction (threshold > 1) is RegMean; one expert gives its own task matrix.
+tau_k = tau_k P_S + rho_k. On the shared directions the experts' output changes V_k = tau_k U_S are merged
+into one consensus Vbar, by ``consensus``: ``energy_mean`` - per direction, the mean of the v_ki weighted by the
+domains' energies e_ki (a diagonal approximation); ``least_squares`` - the block least squares on the shared
+subspace, Vbar = (sum_k V_k H_k)(sum_k H_k)^+ with H_k = U_S^T G_k' U_S (it accounts for how each domain's
+inputs correlate across shared directions). ``filter`` suppresses conflicts: ``sign`` (energy_mean only) - per
+output coordinate only the experts agreeing with the elected sign; ``cosine`` - a direction stays at the
+pivot when the agreement ||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is below ``filter_threshold``. The
+domain-specific remainders are merged by least squares on the domains' inputs (RegMean, Grams shrunk by
+``alpha``):
+    Delta = Vbar U_S^T + (sum_k rho_k G_k') (sum_k G_k')^+.
+No shared direction (threshold > 1) is RegMean, and so is ``least_squares`` with every direction shared
+(threshold 0) and no filter; one expert gives its own task matrix.
 ``layer_inputs='merged'``: a later layer's Grams come from the domains' inputs pushed through the merged
 earlier layers (as RegMean++), ``'own'``: through each expert's own layers (as RegMean).
 """
@@ -28,6 +33,7 @@ from pivotmerge.merging.calibration import (
     apply_layer,
     augmented_gram,
     augmented_task_matrix,
+    gram_solve,
     layer_gram,
     layer_keys,
     linear_layers,
@@ -38,6 +44,7 @@ from pivotmerge.merging.calibration import (
 from pivotmerge.merging.ops import diag_layer
 
 LAYER_INPUTS = ("merged", "own")
+CONSENSUS = ("energy_mean", "least_squares")
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,8 @@ class SharedDirections:
 
 
 def feature_space_deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]],
-                         stats: Sequence[ExpertStats], *, shared_threshold: float, filter_mode: str,
-                         filter_threshold: float, alpha: float, layer_inputs: str,
+                         stats: Sequence[ExpertStats], *, shared_threshold: float, consensus: str,
+                         filter_mode: str, filter_threshold: float, alpha: float, layer_inputs: str,
                          diagnostics: dict | None) -> dict[str, Tensor]:
     """Per-key merged updates of the Linear layers (float64), layer by layer (see the module docstring)."""
     deltas: dict[str, Tensor] = {}
@@ -71,7 +78,7 @@ def feature_space_deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[
         grams = _layer_grams(pivot, stats, layer, activations if index > 0 else None)
         taus = [augmented_task_matrix(pivot, e, layer) for e in experts]
         directions = shared_directions(grams, shared_threshold)
-        delta, suppressed = _merge_layer(taus, grams, directions, filter_mode, filter_threshold, alpha)
+        delta, suppressed = _merge_layer(taus, grams, directions, consensus, filter_mode, filter_threshold, alpha)
         deltas.update(split_update(pivot, layer, delta))
         diag_layer(diagnostics, layer or "linear").update(directions.record(suppressed))
         if activations is not None and index + 1 < len(layers):
@@ -106,19 +113,36 @@ def _layer_grams(pivot: Mapping[str, Tensor], stats: Sequence[ExpertStats], laye
     return [layer_gram(s, pivot, layer) for s in stats]
 
 
-def _merge_layer(taus: list[Tensor], grams: list[Tensor], directions: SharedDirections, filter_mode: str,
-                 filter_threshold: float, alpha: float) -> tuple[Tensor, int]:
+def _merge_layer(taus: list[Tensor], grams: list[Tensor], directions: SharedDirections, consensus: str,
+                 filter_mode: str, filter_threshold: float, alpha: float) -> tuple[Tensor, int]:
     """Delta = consensus on the shared directions + RegMean of the remainders; and the suppressed count."""
     shared = directions.shared
     u = directions.evecs[:, shared]                                # [D, r]
     weights = directions.energies[:, shared].clamp_min(0)          # [K, r]
     v = torch.stack([tau @ u for tau in taus])                     # [K, out, r]
-    consensus, suppressed = _filter_features(v, weights, filter_mode, filter_threshold)
-    shared_update = consensus @ u.T
+    shrunk = [shrink(g, alpha) for g in grams]
+    if consensus == "least_squares" and u.shape[1]:
+        blocks = [u.T @ g @ u for g in shrunk]                     # H_k: each domain's Gram on the shared block
+        vbar = gram_solve(sum(vk @ h for vk, h in zip(v, blocks)), sum(blocks))
+        keep, suppressed = _agreeing_directions(v, weights, filter_mode, filter_threshold)
+        vbar = vbar * keep.to(v.dtype)
+    else:
+        vbar, suppressed = _filter_features(v, weights, filter_mode, filter_threshold)
+    shared_update = vbar @ u.T
     remainders = [tau - (tau @ u) @ u.T for tau in taus]
-    specific = regmean_solve(remainders, [shrink(g, alpha) for g in grams]) \
+    specific = regmean_solve(remainders, shrunk) \
         if int(shared.sum()) < len(directions.total) else torch.zeros_like(shared_update)
     return shared_update + specific, suppressed
+
+
+def _agreeing_directions(v: Tensor, weights: Tensor, mode: str, threshold: float) -> tuple[Tensor, int]:
+    """Which shared directions the cosine filter keeps [r] (all of them for ``none``), and how many it drops."""
+    if mode == "none":
+        return torch.ones(v.shape[-1], dtype=torch.bool, device=v.device), 0
+    w = weights.unsqueeze(1)
+    agreement = (w * v).sum(0).norm(dim=0) / (w * v).norm(dim=1).sum(0).clamp_min(1e-300)
+    keep = agreement >= threshold
+    return keep, int((~keep).sum())
 
 
 def _filter_features(v: Tensor, weights: Tensor, mode: str, threshold: float) -> tuple[Tensor, int]:
@@ -133,9 +157,8 @@ def _filter_features(v: Tensor, weights: Tensor, mode: str, threshold: float) ->
         elected = torch.where(weighted >= 0, 1.0, -1.0).to(v.dtype)
         agree = (v * elected > 0).to(v.dtype) * w
         return (agree * v).sum(0) / agree.sum(0).clamp_min(1e-300), 0
-    agreement = weighted.norm(dim=0) / (w * v).norm(dim=1).sum(0).clamp_min(1e-300)   # cosine mode
-    keep = agreement >= threshold
-    return mean * keep.to(v.dtype), int((~keep).sum())
+    keep, suppressed = _agreeing_directions(v, weights, mode, threshold)   # cosine mode
+    return mean * keep.to(v.dtype), suppressed
 
 
-__all__ = ["LAYER_INPUTS", "SharedDirections", "feature_space_deltas", "shared_directions"]
+__all__ = ["CONSENSUS", "LAYER_INPUTS", "SharedDirections", "feature_space_deltas", "shared_directions"]

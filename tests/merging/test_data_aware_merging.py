@@ -180,6 +180,53 @@ def test_a_shared_direction_gets_the_experts_consensus_or_is_filtered_out():
     torch.testing.assert_close(filtered[0, 1:], torch.tensor([2.0, 3.0]), atol=5e-2, rtol=0)
 
 
+@pytest.mark.parametrize("shared_threshold", [0.0, 0.5, 1.5])
+def test_least_squares_consensus_with_no_filter_is_regmean_at_the_extremes(shared_threshold):
+    """Every direction shared (threshold 0) or none (> 1): the block least squares is RegMean itself; in
+    between it drops the shared/specific cross terms of each domain's Gram, so it differs."""
+    pivot = projector(0)
+    experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2, 3)]
+    inputs = [domain([0, 1, 2, 3]), domain([2, 3, 4], seed=1), domain([3, 4, 5, 0], seed=2)]
+    stats = [compute_stats(e, x, sample_tokens=100) for e, x in zip(experts, inputs)]
+    diag = {}
+    got = pm(pivot, experts, stats, shared_threshold=shared_threshold, consensus="least_squares", alpha=0.8,
+             diagnostics=diag)
+    ref = merge("regmean", pivot, experts, alpha=0.8, lam=1.0, calibration=stats)
+    gap = max(float((got[k] - ref[k]).abs().max()) for k in ref)
+    shared = [layer["shared_directions"] for layer in diag["layers"].values()]
+    if shared_threshold in (0.0, 1.5):
+        assert gap < 1e-5
+    else:
+        assert 0 < min(shared) and gap > 1e-3
+
+
+def test_least_squares_consensus_fits_a_shared_direction_and_its_filter_drops_a_conflict():
+    """Two domains share input direction 0 with different spreads on it and a direction of their own each."""
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1), torch.randn(n, 3, generator=g)], 1))
+    common, own_a, own_b = (q[:, i:i + 1] * n ** 0.5 for i in (1, 2, 3))
+    x_a = torch.cat([2 * common, own_a, torch.zeros(n, 1)], 1)
+    x_b = torch.cat([common, torch.zeros(n, 1), own_b], 1)
+    pivot = {"weight": torch.zeros(1, 3)}
+    experts = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[-1.0, 0.0, 3.0]])}]
+    stats = [compute_stats(e, x) for e, x in zip(experts, (x_a, x_b))]
+    merged = pm(pivot, experts, stats, shared_threshold=0.5, consensus="least_squares")["weight"]
+    # the least squares of 4n (1 - w)^2 + n (-1 - w)^2 on the shared coordinate: w = (4 - 1) / (4 + 1)
+    torch.testing.assert_close(merged, torch.tensor([[0.6, 2.0, 3.0]]), atol=1e-4, rtol=0)
+    filtered = pm(pivot, experts, stats, shared_threshold=0.5, consensus="least_squares", filter="cosine",
+                  filter_threshold=0.9)["weight"]
+    torch.testing.assert_close(filtered, torch.tensor([[0.0, 2.0, 3.0]]), atol=1e-4, rtol=0)
+
+
+def test_least_squares_consensus_refuses_the_sign_vote():
+    pivot = projector(0)
+    experts = [plus(pivot, projector(1, 0.1))]
+    stats = [compute_stats(experts[0], domain([0, 1]))]
+    with pytest.raises(Exception, match="filter=sign .*energy_mean"):
+        pm(pivot, experts, stats, consensus="least_squares", filter="sign")
+
+
 @pytest.mark.parametrize("name", ["regmean", "regmean_plusplus", "fisher", "adamerging", "pivotmerge"])
 def test_data_aware_methods_without_statistics_say_what_to_pass(name):
     pivot = projector(0)
