@@ -14,7 +14,7 @@ help:
 	@echo "make run    - set up, then python run.py experiment=pivotmerge_vs_ties (offline, embedded default)"
 	@echo "make test   - set up, then the whole test suite (what CI runs)"
 	@echo "make test-fast - the suite without the tests marked slow"
-	@echo "make bench  - set up, then the speed/memory benchmarks (training, merging, evaluation, CPU paths)"
+	@echo "make bench  - set up, then the speed/memory benchmarks (training, merging, evaluation, CPU paths, prompt layouts)"
 	@echo "make table  - regenerate the paper table from the latest results store (runs nothing)"
 	@echo "make lock   - regenerate $(LOCK) from pyproject.toml (UPGRADE=1: newest allowed versions)"
 
@@ -49,6 +49,7 @@ bench: setup
 	$(PY) bench/bench_merge.py
 	$(PY) bench/bench_eval.py
 	$(PY) bench/bench_cpu_paths.py
+	$(PY) bench/bench_prompt_layout.py
 
 table: setup
 	$(PY) run.py experiment=paper_table report.only=true
