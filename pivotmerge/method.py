@@ -174,9 +174,9 @@ def _check_options(calibration_loss: Callable | None, **given: Any) -> Options:
         raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [0, 1] for filter=sign")
     if filter_mode == "cosine" and not -1.0 <= filter_threshold <= 1.0:
         raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [-1, 1] for filter=cosine")
-    if sdf_space == "features" and consensus == "least_squares" and filter_mode == "sign":
+    if sdf_space == "features" and consensus != "energy_mean" and filter_mode == "sign":
         raise MergeConfigError(f"{NAME}: filter=sign is a per-expert vote, defined for consensus=energy_mean only; "
-                               "use filter=cosine or none with consensus=least_squares")
+                               f"use filter=cosine or none with consensus={consensus}")
     remainder_density = check_fraction(NAME, "remainder_density", given["remainder_density"])
     alm = check_choice(NAME, "alm", given["alm"], ALM_MODES)
     alm_proxy = check_choice(NAME, "alm_proxy", given["alm_proxy"], ALM_PROXIES)

@@ -9,11 +9,13 @@ tau_k = tau_k P_S + rho_k. On the shared directions the experts' output changes 
 into one consensus Vbar, by ``consensus``: ``energy_mean`` - per direction, the mean of the v_ki weighted by the
 domains' energies e_ki (a diagonal approximation); ``least_squares`` - the block least squares on the shared
 subspace, Vbar = (sum_k V_k H_k)(sum_k H_k)^+ with H_k = U_S^T G_k' U_S (it accounts for how each domain's
-inputs correlate across shared directions). ``filter`` suppresses conflicts: ``sign`` (energy_mean only) - per
-output coordinate only the experts agreeing with the elected sign; ``cosine`` - a direction stays at the
-pivot when the agreement ||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is below ``filter_threshold``. The
-domain-specific remainders are merged by least squares on the domains' inputs (RegMean, Grams shrunk by
-``alpha``):
+inputs correlate across shared directions); ``joint`` - no separate consensus: one least squares over the
+whole input space (RegMean) fits every domain to its expert, whose change along the shared directions the
+filter drops is set to zero first (without a filter this is RegMean). ``filter`` suppresses conflicts:
+``sign`` (energy_mean only) - per output coordinate only the experts agreeing with the elected sign;
+``cosine`` - a direction stays at the pivot when the agreement ||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is
+below ``filter_threshold``. Except with ``joint``, the domain-specific remainders are merged by least squares
+on the domains' inputs (RegMean, Grams shrunk by ``alpha``):
     Delta = Vbar U_S^T + (sum_k rho_k G_k') (sum_k G_k')^+.
 No shared direction (threshold > 1) is RegMean, and so is ``least_squares`` with every direction shared
 (threshold 0) and no filter; one expert gives its own task matrix.
@@ -44,7 +46,7 @@ from pivotmerge.merging.calibration import (
 from pivotmerge.merging.ops import diag_layer
 
 LAYER_INPUTS = ("merged", "own")
-CONSENSUS = ("energy_mean", "least_squares")
+CONSENSUS = ("energy_mean", "least_squares", "joint")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,11 @@ def _merge_layer(taus: list[Tensor], grams: list[Tensor], directions: SharedDire
     weights = directions.energies[:, shared].clamp_min(0)          # [K, r]
     v = torch.stack([tau @ u for tau in taus])                     # [K, out, r]
     shrunk = [shrink(g, alpha) for g in grams]
+    if consensus == "joint":
+        keep, suppressed = _agreeing_directions(v, weights, filter_mode, filter_threshold)
+        dropped = u[:, ~keep]
+        targets = [tau - (tau @ dropped) @ dropped.T for tau in taus]
+        return regmean_solve(targets, shrunk), suppressed
     if consensus == "least_squares" and u.shape[1]:
         blocks = [u.T @ g @ u for g in shrunk]                     # H_k: each domain's Gram on the shared block
         vbar = gram_solve(sum(vk @ h for vk, h in zip(v, blocks)), sum(blocks))

@@ -219,12 +219,44 @@ def test_least_squares_consensus_fits_a_shared_direction_and_its_filter_drops_a_
     torch.testing.assert_close(filtered, torch.tensor([[0.0, 2.0, 3.0]]), atol=1e-4, rtol=0)
 
 
-def test_least_squares_consensus_refuses_the_sign_vote():
+@pytest.mark.parametrize("layer_inputs, reference", [("own", "regmean"), ("merged", "regmean_plusplus")])
+@pytest.mark.parametrize("shared_threshold", [0.0, 0.5, 1.5])
+def test_joint_consensus_without_a_filter_is_regmean(shared_threshold, layer_inputs, reference):
+    pivot = projector(0)
+    experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2, 3)]
+    inputs = [domain([0, 1, 2, 3]), domain([2, 3, 4], seed=1), domain([3, 4, 5, 0], seed=2)]
+    stats = [compute_stats(e, x, sample_tokens=100) for e, x in zip(experts, inputs)]
+    got = pm(pivot, experts, stats, shared_threshold=shared_threshold, consensus="joint", alpha=0.8,
+             layer_inputs=layer_inputs)
+    ref = merge(reference, pivot, experts, alpha=0.8, lam=1.0, calibration=stats)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5)
+
+
+def test_joint_consensus_with_the_filter_leaves_a_conflicting_shared_direction_at_the_pivot():
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1), torch.randn(n, 3, generator=g)], 1))
+    common, own_a, own_b = (q[:, i:i + 1] * n ** 0.5 for i in (1, 2, 3))
+    x_a = torch.cat([common, own_a, torch.zeros(n, 1)], 1)
+    x_b = torch.cat([common, torch.zeros(n, 1), own_b], 1)
+    pivot = {"weight": torch.zeros(1, 3)}
+    experts = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[-0.5, 0.0, 3.0]])}]
+    stats = [compute_stats(e, x) for e, x in zip(experts, (x_a, x_b))]
+    fitted = pm(pivot, experts, stats, shared_threshold=0.5, consensus="joint")["weight"]
+    torch.testing.assert_close(fitted, torch.tensor([[0.25, 2.0, 3.0]]), atol=1e-4, rtol=0)
+    filtered = pm(pivot, experts, stats, shared_threshold=0.5, consensus="joint", filter="cosine",
+                  filter_threshold=0.5)["weight"]
+    torch.testing.assert_close(filtered, torch.tensor([[0.0, 2.0, 3.0]]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("consensus", ["least_squares", "joint"])
+def test_least_squares_consensus_refuses_the_sign_vote(consensus):
     pivot = projector(0)
     experts = [plus(pivot, projector(1, 0.1))]
     stats = [compute_stats(experts[0], domain([0, 1]))]
     with pytest.raises(Exception, match="filter=sign .*energy_mean"):
-        pm(pivot, experts, stats, consensus="least_squares", filter="sign")
+        pm(pivot, experts, stats, consensus=consensus, filter="sign")
 
 
 @pytest.mark.parametrize("name", ["regmean", "regmean_plusplus", "fisher", "adamerging", "pivotmerge"])
