@@ -117,7 +117,7 @@ def _layer_grams(pivot: Mapping[str, Tensor], stats: Sequence[ExpertStats], laye
 
 def _merge_layer(taus: list[Tensor], grams: list[Tensor], directions: SharedDirections, consensus: str,
                  filter_mode: str, filter_threshold: float, alpha: float) -> tuple[Tensor, int]:
-    """Delta = consensus on the shared directions + RegMean of the remainders; and the suppressed count."""
+    """The layer's update by ``consensus`` (module docstring) and how many shared directions the filter dropped."""
     shared = directions.shared
     u = directions.evecs[:, shared]                                # [D, r]
     weights = directions.energies[:, shared].clamp_min(0)          # [K, r]

@@ -128,11 +128,10 @@ def _score_batch(mllm, features, instructions, choices, include_end):
         ids[r, :len(t)] = torch.tensor(t, device=device)
         answer_mask[r, :len(t)] = 1
     # first own answer token: predicted by the last valid prefix position, the same for all of an item's
-    # choices, so the vocabulary-wide log-softmax runs once per item, not once per choice (10x on k-way)
+    # choices, so the vocabulary-wide log-softmax runs once per item, not once per choice
     first_logits = mllm.llm.get_output_embeddings()(last).float()
-    first_logp = torch.log_softmax(first_logits, dim=-1)[rows, ids[:, 0]]
+    first = torch.log_softmax(first_logits, dim=-1)[rows, ids[:, 0]]
     first_greedy = first_logits.argmax(dim=-1)[rows] == ids[:, 0]
-    first = first_logp
     totals = first + shared_lp[rows]
     misses = (~first_greedy).long() + shared_miss[rows]
     if width > 1:

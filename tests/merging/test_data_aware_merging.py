@@ -136,6 +136,25 @@ def pm(pivot, experts, stats, **opts):
     return merge("pivotmerge", pivot, experts, calibration=stats, **{**base, **opts})
 
 
+def two_domains_sharing_one_direction(shared_scale_a: float = 1.0, n: int = 400):
+    """Inputs of two domains over 3 coordinates: coordinate 0 used by both (domain a's spread on it scaled),
+    1 by a only, 2 by b only. The columns are exactly orthogonal to each other and to the bias's column of
+    ones, so there are no sampling correlations."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1), torch.randn(n, 3, generator=g)], 1))
+    common, own_a, own_b = (q[:, i:i + 1] * n ** 0.5 for i in (1, 2, 3))
+    return (torch.cat([shared_scale_a * common, own_a, torch.zeros(n, 1)], 1),
+            torch.cat([common, torch.zeros(n, 1), own_b], 1))
+
+
+def overlapping_case():
+    """Three experts on partly overlapping input coordinates: some directions shared, some not."""
+    pivot = projector(0)
+    experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2, 3)]
+    inputs = [domain([0, 1, 2, 3]), domain([2, 3, 4], seed=1), domain([3, 4, 5, 0], seed=2)]
+    return pivot, experts, [compute_stats(e, x, sample_tokens=100) for e, x in zip(experts, inputs)]
+
+
 def test_without_shared_directions_pivotmerge_is_regmean():
     pivot = projector(0)
     experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2, 3)]
@@ -157,13 +176,7 @@ def test_disjoint_domains_have_no_shared_direction_and_keep_each_expert():
 
 def test_a_shared_direction_gets_the_experts_consensus_or_is_filtered_out():
     """Two domains use input coordinate 0 equally (shared) and one coordinate of their own each."""
-    n = 400
-    g = torch.Generator().manual_seed(0)
-    # exactly orthogonal columns (and orthogonal to the bias's column of ones): no sampling correlations
-    q, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1), torch.randn(n, 3, generator=g)], 1))
-    common, own_a, own_b = (q[:, i:i + 1] * n ** 0.5 for i in (1, 2, 3))
-    x_a = torch.cat([common, own_a, torch.zeros(n, 1)], 1)
-    x_b = torch.cat([common, torch.zeros(n, 1), own_b], 1)
+    x_a, x_b = two_domains_sharing_one_direction()
     pivot = {"weight": torch.zeros(1, 3)}
     agree = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[1.0, 0.0, 3.0]])}]
     conflict = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[-1.0, 0.0, 3.0]])}]
@@ -184,10 +197,7 @@ def test_a_shared_direction_gets_the_experts_consensus_or_is_filtered_out():
 def test_least_squares_consensus_with_no_filter_is_regmean_at_the_extremes(shared_threshold):
     """Every direction shared (threshold 0) or none (> 1): the block least squares is RegMean itself; in
     between it drops the shared/specific cross terms of each domain's Gram, so it differs."""
-    pivot = projector(0)
-    experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2, 3)]
-    inputs = [domain([0, 1, 2, 3]), domain([2, 3, 4], seed=1), domain([3, 4, 5, 0], seed=2)]
-    stats = [compute_stats(e, x, sample_tokens=100) for e, x in zip(experts, inputs)]
+    pivot, experts, stats = overlapping_case()
     diag = {}
     got = pm(pivot, experts, stats, shared_threshold=shared_threshold, consensus="least_squares", alpha=0.8,
              diagnostics=diag)
@@ -202,12 +212,7 @@ def test_least_squares_consensus_with_no_filter_is_regmean_at_the_extremes(share
 
 def test_least_squares_consensus_fits_a_shared_direction_and_its_filter_drops_a_conflict():
     """Two domains share input direction 0 with different spreads on it and a direction of their own each."""
-    n = 400
-    g = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1), torch.randn(n, 3, generator=g)], 1))
-    common, own_a, own_b = (q[:, i:i + 1] * n ** 0.5 for i in (1, 2, 3))
-    x_a = torch.cat([2 * common, own_a, torch.zeros(n, 1)], 1)
-    x_b = torch.cat([common, torch.zeros(n, 1), own_b], 1)
+    x_a, x_b = two_domains_sharing_one_direction(shared_scale_a=2.0)
     pivot = {"weight": torch.zeros(1, 3)}
     experts = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[-1.0, 0.0, 3.0]])}]
     stats = [compute_stats(e, x) for e, x in zip(experts, (x_a, x_b))]
@@ -222,10 +227,7 @@ def test_least_squares_consensus_fits_a_shared_direction_and_its_filter_drops_a_
 @pytest.mark.parametrize("layer_inputs, reference", [("own", "regmean"), ("merged", "regmean_plusplus")])
 @pytest.mark.parametrize("shared_threshold", [0.0, 0.5, 1.5])
 def test_joint_consensus_without_a_filter_is_regmean(shared_threshold, layer_inputs, reference):
-    pivot = projector(0)
-    experts = [plus(pivot, projector(s, 0.5)) for s in (1, 2, 3)]
-    inputs = [domain([0, 1, 2, 3]), domain([2, 3, 4], seed=1), domain([3, 4, 5, 0], seed=2)]
-    stats = [compute_stats(e, x, sample_tokens=100) for e, x in zip(experts, inputs)]
+    pivot, experts, stats = overlapping_case()
     got = pm(pivot, experts, stats, shared_threshold=shared_threshold, consensus="joint", alpha=0.8,
              layer_inputs=layer_inputs)
     ref = merge(reference, pivot, experts, alpha=0.8, lam=1.0, calibration=stats)
@@ -234,12 +236,7 @@ def test_joint_consensus_without_a_filter_is_regmean(shared_threshold, layer_inp
 
 
 def test_joint_consensus_with_the_filter_leaves_a_conflicting_shared_direction_at_the_pivot():
-    n = 400
-    g = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.cat([torch.ones(n, 1), torch.randn(n, 3, generator=g)], 1))
-    common, own_a, own_b = (q[:, i:i + 1] * n ** 0.5 for i in (1, 2, 3))
-    x_a = torch.cat([common, own_a, torch.zeros(n, 1)], 1)
-    x_b = torch.cat([common, torch.zeros(n, 1), own_b], 1)
+    x_a, x_b = two_domains_sharing_one_direction()
     pivot = {"weight": torch.zeros(1, 3)}
     experts = [{"weight": torch.tensor([[1.0, 2.0, 0.0]])}, {"weight": torch.tensor([[-0.5, 0.0, 3.0]])}]
     stats = [compute_stats(e, x) for e, x in zip(experts, (x_a, x_b))]
