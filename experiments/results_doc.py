@@ -90,9 +90,14 @@ def findings(table) -> list[str]:
     if single_seed(table):
         lines.append("One seed: with a few hundred items per benchmark, differences of a few points between "
                      "merges are within sampling noise; only several seeds (experiment=paper_table) can separate them.")
-    if table.average.get("pivot") is not None:
-        lines.append(f"The pivot averages {table.average['pivot'].mean:.1f}; "
-                     f"{sum(avg[m] > table.average['pivot'].mean for m in merges)} of {len(merges)} merges beat it.")
+    pivot = table.average.get("pivot")
+    if pivot is not None:
+        above = [m for m in merges if avg[m] > pivot.mean]
+        # a higher mean inside the intervals is noise, not a win: count only averages whose interval clears
+        # the pivot's
+        clear = [m for m in above if None not in (table.average[m].lo, pivot.hi) and table.average[m].lo > pivot.hi]
+        lines.append(f"The pivot averages {pivot.mean:.1f}; {len(above)} of {len(merges)} merges average higher, "
+                     f"{len(clear)} beyond both 95 % intervals" + (f" ({', '.join(clear)})." if clear else "."))
     return lines
 
 

@@ -123,3 +123,18 @@ def test_configured_seeds_come_from_the_experiment_configs():
     assert configured_seeds("paper_table") == [0, 1, 2]
     assert configured_seeds("pivotmerge_vs_ties") == [0]
     assert configured_seeds("no_such_experiment") == [0]
+
+
+def test_findings_count_a_win_over_the_pivot_only_beyond_both_intervals():
+    from eval.table import build_table
+    from experiments.results_doc import findings
+    from tests.helpers.rows import result_row
+
+    def row(model, correct):   # 200 items, `correct` of them right
+        items = [1.0] * correct + [0.0] * (200 - correct)
+        return dict(result_row(model, "pm_cls_digits", correct / 200), items=items)
+
+    # pivot 25 %; a merge 2 points above it (inside the intervals), one 30 points above (clear of them)
+    lines = findings(build_table([row("pivot", 50), row("merge:ties", 54), row("merge:pivotmerge", 110)]))
+    assert "The pivot averages 25.0; 2 of 2 merges average higher, 1 beyond both 95 % intervals " \
+           "(merge:pivotmerge)." in lines, lines
