@@ -122,8 +122,8 @@ def evaluate_here(ctx, plan: EvalPlan, pending: list[Job]) -> Iterator[tuple[Job
             yield job, None, Outcome(time.perf_counter() - started, problem)
             continue
         position = plan.jobs.index(job) + 1
-        print(f"[    eval] ({position}/{len(plan.jobs)}) {job.model}: {len(plan.tasks.names)} tasks", flush=True)
+        print(f"[    eval] ({position}/{len(plan.jobs)}) {job.model}: {len(job.tasks)} tasks", flush=True)
         with adapter.using_projector(state, job.model):
-            results = evaluate_model(adapter, plan.tasks.names, manager, plan.settings, plan.batch_size,
+            results = evaluate_model(adapter, job.tasks, manager, plan.settings, plan.batch_size,
                                      plan.tasks.meta)
         yield job, results, Outcome(time.perf_counter() - started)

@@ -13,7 +13,10 @@ from omegaconf import OmegaConf
 
 from eval.suite import TaskSet, make_pool
 from pivotmerge.errors import ConfigError
+from pivotmerge.model_id import kind_of, name_of
 from pivotmerge.pipeline.artifacts import Artifact, content_key
+
+EXPERTS_ON = ("own_source", "all")
 
 
 @dataclass
@@ -21,6 +24,7 @@ class Job:
     """One model's evaluation."""
 
     model: str            # str(ModelId)
+    tasks: list[str]      # the plan's tasks, or an expert's own-source ones (`eval.experts_on`)
     projector: Artifact
     key: str              # its `eval` cache entry
     spec: dict
@@ -64,6 +68,18 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def job_tasks(cfg, model: str, tasks: TaskSet) -> list[str]:
+    """The tasks `model` is evaluated on: all of them, except an expert's under `eval.experts_on: own_source`,
+    which are the tasks on its own source only (gain retention reads nothing else of an expert)."""
+    experts_on = str(cfg.eval.experts_on)
+    if experts_on not in EXPERTS_ON:
+        raise ConfigError(f"eval.experts_on must be one of {list(EXPERTS_ON)}, got {experts_on!r}")
+    if experts_on == "all" or kind_of(model) != "expert":
+        return list(tasks.names)
+    own = [t for t in tasks.names if tasks.meta.get(t, {}).get("sources") == [name_of(model)]]
+    return own or list(tasks.names)   # a pool without per-source tasks (lmms-eval's own): everything
+
+
 def plan(ctx) -> EvalPlan:
     """Every model of `ctx.models()` on the pool's selected tasks (the embedded suite is built or reused here)."""
     cfg = ctx.cfg
@@ -83,9 +99,10 @@ def plan(ctx) -> EvalPlan:
                    "system_prompt": cfg.model.get("system_prompt")}
     jobs = []
     for model, artifact in models.items():
-        spec = {"projector": artifact.key, "suite": tasks.key, "tasks": tasks.names, "eval": settings,
+        names = job_tasks(cfg, model, tasks)
+        spec = {"projector": artifact.key, "suite": tasks.key, "tasks": names, "eval": settings,
                 "model": model_parts}
-        jobs.append(Job(model, artifact, content_key("eval", spec), spec))
+        jobs.append(Job(model, names, artifact, content_key("eval", spec), spec))
     batch_size = int(cfg.eval.batch_size)
     adapter_args = {"batch_size": batch_size, "max_new_tokens": settings["max_new_tokens"],
                     "gen_batch_size": int(cfg.eval.gen_batch_size)}

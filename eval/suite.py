@@ -2,8 +2,8 @@
 
 `EmbeddedSuite` (conf/eval/embedded.yaml): local lmms-eval tasks (parquet + YAML) built from the sources' TEST
 splits. Deterministic (eval/documents.py builds the rows), and the folder is cached as the artifact
-`eval_suite/<key>` whose key hashes the data artifacts' keys (which include each source's config: caption
-templates, subject), the suite options and the code of the task files. The folder is self-contained:
+`eval_suite/<key>` whose key hashes the data artifacts' keys (each source's config), the sources' caption
+templates, the suite options and the code of the task files. The folder is self-contained:
 `pm_*.yaml` + `pm_*.parquet` + the `_template_*` files and `utils.py` copied from `eval/tasks/`, with data
 files given relative to the YAMLs, so it can be passed as `include_path` to lmms-eval (our `TaskManager`, or
 `lmms-eval --include_path <folder>`). The eval stage prints the folder; `pivotmerge suite --print-path
@@ -100,7 +100,7 @@ class EmbeddedSuite:
     options: int
     mme_images_per_category: int
     kinds: list[str]
-    instruction: str
+    instruction: str | None        # None: data.instructions[0], what the projectors were aligned with
     pope_question: str
     mme_question: str
     open_questions: dict[str, str] | None
@@ -123,7 +123,12 @@ class EmbeddedSuite:
         return planned_task_names(self.settings, sources)
 
     def prepare(self, ctx, requested) -> TaskSet:
-        suite = build_or_reuse_suite(ctx, self.settings)
+        from pivotmerge.pipeline.data import instructions
+
+        settings = self.settings
+        if settings["instruction"] is None:
+            settings["instruction"] = instructions(ctx.cfg)[0]
+        suite = build_or_reuse_suite(ctx, settings)
         return TaskSet(suite.select(requested), {"include_path": str(suite.folder), "include_defaults": False},
                        suite.tasks, suite.key, include_path=str(suite.folder))
 
@@ -259,8 +264,10 @@ def suite_sources(ctx) -> list[SuiteSource]:
 
 def build_or_reuse_suite(ctx, options: dict) -> Suite:
     from pivotmerge.pipeline.artifacts import content_key
+    from pivotmerge.pipeline.data import text_spec
 
-    spec = {"data": {name: artifact.key for name, artifact in ctx.data.items()}, "options": options,
+    spec = {"data": {name: artifact.key for name, artifact in ctx.data.items()},
+            "text": text_spec(ctx, ctx.data), "options": options,
             "code": code_fingerprint()}
     key = content_key("eval_suite", spec)
     store = ctx.store

@@ -36,17 +36,17 @@ def _start(model_cfg, models_dir, seed, threads, adapter_args, sources, manager_
 
 
 def _evaluate(job: tuple) -> tuple:
-    """(model, key, results or None, seconds, skip reason or None) for one (model, key, projector state)."""
+    """(model, key, results or None, seconds, skip reason or None) for one (model, key, tasks, projector state)."""
     from pivotmerge.models.mllm import projector_mismatch
 
-    model, key, state = job
+    model, key, tasks, state = job
     started = time.perf_counter()
     adapter = _WORKER["adapter"]
     problem = projector_mismatch(adapter.mllm.projector, state)
     if problem:
         return model, key, None, time.perf_counter() - started, problem
     with adapter.using_projector(state, model):
-        results = evaluate_model(adapter, _WORKER["tasks"], _WORKER["manager"], _WORKER["settings"],
+        results = evaluate_model(adapter, tasks, _WORKER["manager"], _WORKER["settings"],
                                  _WORKER["batch_size"], _WORKER["task_meta"])
     return model, key, results, time.perf_counter() - started, None
 
@@ -74,13 +74,13 @@ def evaluate_in_workers(ctx, plan: EvalPlan, jobs: list[Job],
     import torch
 
     threads = max(1, torch.get_num_threads() // workers)
-    shared = {"tasks": plan.tasks.names, "settings": plan.settings, "batch_size": plan.batch_size,
+    shared = {"settings": plan.settings, "batch_size": plan.batch_size,
               "task_meta": plan.tasks.meta}
     args = (OmegaConf.to_container(ctx.cfg.model, resolve=True), str(ctx.cfg.paths.models_dir), int(ctx.cfg.seed),
             threads, plan.adapter_args, prefill_sources(ctx), plan.tasks.manager_args, plan.needs_vision, shared)
     print(f"[    eval] {len(jobs)} projectors in {workers} worker processes x {threads} thread(s)", flush=True)
     by_key = {job.key: job for job in jobs}
-    payloads = [(job.model, job.key, ctx.projector(job.projector)) for job in jobs]
+    payloads = [(job.model, job.key, job.tasks, ctx.projector(job.projector)) for job in jobs]
     with _no_progress_bars(), multiprocessing.get_context("spawn").Pool(workers, initializer=_start,
                                                                         initargs=args) as pool:
         for position, (model, key, results, seconds, skipped) in enumerate(

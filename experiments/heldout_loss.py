@@ -21,13 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def loss_matrix(ctx, rows: int) -> dict[str, dict[str, float]]:
     from pivotmerge.models.mllm import projector_swapped
-    from pivotmerge.training import DEFAULT_INSTRUCTIONS
+    from pivotmerge.pipeline.data import instructions
 
     mllm = ctx.mllm
     batches = {}
     for name, feats in ctx.features.items():
         n = min(rows, feats.features["test"].shape[0])
-        texts = [mllm.encode_text(DEFAULT_INSTRUCTIONS[0], ctx.sources[name].caption(label, 0))
+        texts = [mllm.encode_text(instructions(ctx.cfg)[0], ctx.sources[name].caption(label, 0))
                  for label in feats.labels["test"][:n]]
         batches[name] = (feats.features["test"][:n], texts)
     matrix = {}

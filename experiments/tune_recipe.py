@@ -44,15 +44,12 @@ def compose(overrides: list[str]):
     return cfg
 
 
-def score_source(mllm, features, labels, source, rows: int | None) -> dict:
+def score_source(mllm, features, labels, source, rows: int | None, instruction: str) -> dict:
     """k-way accuracy (all labels of the source) and caption NLL per token on the given rows."""
     from pivotmerge.models.scoring import score_choices
-    from pivotmerge.training import DEFAULT_INSTRUCTIONS
-
     n = features.shape[0] if rows is None else min(rows, features.shape[0])
     vocab = sorted(source.labels())
     captions = [source.caption(label, 0) for label in vocab]
-    instruction = DEFAULT_INSTRUCTIONS[0]
     scores = score_choices(mllm, features[:n], [instruction] * n, [captions] * n, batch_size=16, with_counts=True)
     truth = [vocab.index(label) for label in labels[:n]]
     predicted = [max(range(len(vocab)), key=lambda j: row[j]) for row in scores.logprobs]
@@ -65,6 +62,7 @@ def run_variant(name: str, overrides: list[str], rows: int | None) -> list[dict]
     import torch
 
     from pivotmerge.model_id import PIVOT, ModelId, kind_of
+    from pivotmerge.pipeline.data import instructions
     from pivotmerge.pipeline.runner import run
 
     cfg = compose(overrides)
@@ -80,7 +78,8 @@ def run_variant(name: str, overrides: list[str], rows: int | None) -> list[dict]
             if kind_of(model) == "expert" and model != str(ModelId.expert(source)):
                 continue
             with torch.no_grad():
-                result = score_source(mllm, feats.features["val"], feats.labels["val"], ctx.sources[source], rows)
+                result = score_source(mllm, feats.features["val"], feats.labels["val"], ctx.sources[source], rows,
+                                      instructions(cfg)[0])
             out.append({"variant": name, "overrides": overrides, "model": model, "source": source, **result,
                         "train_seconds": round(train_seconds, 1)})
             print(f"  {name:<24} {model:<16} {source:<8} k-way {result['kway_acc']:.3f} (k={result['k']}) "

@@ -17,9 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 from pivotmerge.errors import DataError
 from pivotmerge.models.mllm import MLLM
 
-DEFAULT_INSTRUCTIONS = ["Describe the image briefly.", "What is shown in this image?",
-                        "Give a short caption for the image."]
-
 
 class StageProgressBar(L.pytorch.callbacks.TQDMProgressBar):
     """Steps of one training stage, named by it ("expert digits 34/60"), with the loss; no epoch counter
@@ -101,11 +98,11 @@ def make_plan(sources: list[CaptionSource], num_samples: int, seed: int, num_ins
 
 class CaptionDataModule(L.LightningDataModule):
     def __init__(self, mllm: MLLM, train: list[CaptionSource], val: list[CaptionSource], *, batch_size: int,
-                 max_steps: int, seed: int, instructions: list[str] | None = None, val_samples: int = 64):
+                 max_steps: int, seed: int, instructions: list[str], val_samples: int = 64):
         super().__init__()
         self.mllm, self.train_sources, self.val_sources = mllm, train, val
         self.batch_size, self.max_steps, self.seed = batch_size, max_steps, seed
-        self.instructions = list(instructions or DEFAULT_INSTRUCTIONS)
+        self.instructions = list(instructions)   # data.instructions (pivotmerge.pipeline.data.instructions)
         self.val_samples = val_samples
         self._plan: list | None = None
 

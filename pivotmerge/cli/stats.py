@@ -30,6 +30,8 @@ def _configure_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fisher", metavar="CAPTIONS", help="also the diagonal Fisher of the caption loss (Fisher "
                    "merging): a JSON list of captions, one per feature row / sorted image file")
     p.add_argument("--fisher-rows", type=int, default=64, help="rows for the Fisher (default 64)")
+    p.add_argument("--data-config", default="embedded", metavar="NAME",
+                   help="conf/data/NAME.yaml: its first instruction prompts the --fisher captions (default embedded)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
@@ -98,9 +100,9 @@ def _stats_features(args, model_cfg):
 
 
 def _cli_fisher(args, model_cfg, state, features, names):
+    from pivotmerge.config import data_config
     from pivotmerge.models.mllm import build_mllm
     from pivotmerge.pipeline.calibration import diagonal_fisher
-    from pivotmerge.training import DEFAULT_INSTRUCTIONS
 
     try:
         captions = json.loads(Path(args.fisher).read_text())
@@ -112,5 +114,6 @@ def _cli_fisher(args, model_cfg, state, features, names):
     mllm = build_mllm(model_cfg, Path(".cache/models"))
     n = min(args.fisher_rows, features.shape[0])
     rows = features[:n] if features.ndim == 3 else features[:n].unsqueeze(1)
-    texts = [mllm.encode_text(DEFAULT_INSTRUCTIONS[0], str(c)) for c in captions[:n]]
+    instruction = str(data_config(args.data_config).instructions[0])   # what the experts were aligned with
+    texts = [mllm.encode_text(instruction, str(c)) for c in captions[:n]]
     return diagonal_fisher(mllm, state, rows, texts)

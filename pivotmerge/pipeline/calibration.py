@@ -71,7 +71,7 @@ def expert_statistics(ctx, expert_names: list[str]) -> tuple[list[ExpertStats], 
 def expert_fisher(ctx, expert_names: list[str]) -> tuple[list[dict], dict[str, str]]:
     """The diagonal Fisher of each expert's caption loss on the first `calibration.fisher_rows` TRAIN rows of
     its source (a separate cache entry: only Fisher merging needs it)."""
-    from pivotmerge.training import DEFAULT_INSTRUCTIONS
+    from pivotmerge.pipeline.data import instructions
 
     n_rows = int(ctx.cfg.calibration.fisher_rows)
     out, keys = [], {}
@@ -81,7 +81,7 @@ def expert_fisher(ctx, expert_names: list[str]) -> tuple[list[dict], dict[str, s
         def build(path, name=name):
             feats = ctx.features[name]
             n = min(n_rows, feats.features["train"].shape[0])
-            texts = [ctx.mllm.encode_text(DEFAULT_INSTRUCTIONS[0], ctx.sources[name].caption(label, 0))
+            texts = [ctx.mllm.encode_text(instructions(ctx.cfg)[0], ctx.sources[name].caption(label, 0))
                      for label in feats.labels["train"][:n]]
             fisher = diagonal_fisher(ctx.mllm, ctx.projector(ctx.experts[name]), feats.features["train"][:n], texts)
             save_stats(ExpertStats({}, {}, None, fisher, {"source": name, "split": "train", "rows": n}), path)

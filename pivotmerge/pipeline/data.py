@@ -69,8 +69,31 @@ def stratified_split(examples: list[Example], sizes: SplitSizes, seed: int) -> d
     return {"train": train, "val": val, "test": test}
 
 
+# Source options that shape only the caption text, never the images: kept out of the data (and so the
+# feature) cache key, so that a caption change retrains without rebuilding images and features. What reads
+# captions keys on them instead (`text_spec`: pivot, experts, joint, the benchmark suite).
+CAPTION_KEYS = ("caption_templates",)
+
+
 def data_spec(name: str, source_cfg, split_cfg) -> dict:
-    return {"name": name, "source": source_cfg, "split": split_cfg}
+    source = {k: v for k, v in source_cfg.items() if k not in CAPTION_KEYS}
+    return {"name": name, "source": source, "split": split_cfg}
+
+
+def instructions(cfg) -> list[str]:
+    """`data.instructions`: the user turns that ask for the caption in training (one drawn per sample) and,
+    the first one, in calibration and the benchmark suite."""
+    value = cfg.data.get("instructions")
+    if value is None or isinstance(value, str) or not len(value):
+        raise ConfigError(f"data.instructions must be a non-empty list of strings (\"\" for none), got {value!r}")
+    return [str(v) for v in value]
+
+
+def text_spec(ctx, names) -> dict:
+    """The text side of training: caption templates of `names` and the instructions. Part of the cache key
+    of everything trained or scored on captions."""
+    return {"captions": {name: list(ctx.sources[name].caption_templates) for name in names},
+            "instructions": instructions(ctx.cfg)}
 
 
 def run_data_stage(store: ArtifactStore, name: str, source_cfg, split_cfg) -> Artifact:

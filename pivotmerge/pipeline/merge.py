@@ -29,14 +29,14 @@ from pivotmerge.wandb_logging import log_stage_run
 
 def calibration_batch(ctx, per_source: int) -> dict[str, torch.Tensor]:
     """Fixed val rows of every source, first caption template and instruction (same for every method)."""
-    from pivotmerge.training import DEFAULT_INSTRUCTIONS
+    from pivotmerge.pipeline.data import instructions
 
     mllm = ctx.mllm
     features, texts = [], []
     for name, feats in ctx.features.items():
         rows = min(per_source, feats.features["val"].shape[0])
         features.append(feats.features["val"][:rows])
-        texts += [mllm.encode_text(DEFAULT_INSTRUCTIONS[0], ctx.sources[name].caption(label, 0))
+        texts += [mllm.encode_text(instructions(ctx.cfg)[0], ctx.sources[name].caption(label, 0))
                   for label in feats.labels["val"][:rows]]
     return {"features": torch.cat(features), **mllm.collate_text(texts)}
 

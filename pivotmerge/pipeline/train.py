@@ -60,7 +60,7 @@ def seeded_projector(mllm, seed: int) -> dict[str, torch.Tensor]:
 
 def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, *, mllm, init_state,
                        train: list[CaptionSource], val: list[CaptionSource], train_cfg, seed: int,
-                       logger_factory=None) -> Artifact:
+                       instructions: list[str], logger_factory=None) -> Artifact:
     """Train the projector from `init_state` for `train_cfg.steps` steps; resume from a partial run.
 
     The cache key is claimed for the whole run: another process asking for the same projector waits and
@@ -72,7 +72,8 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
         if staging is None:
             return Artifact(stage, key, store.folder(stage, key), reused=True)
         return _train(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state, train=train,
-                      val=val, train_cfg=train_cfg, seed=seed, logger_factory=logger_factory)
+                      val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
+                      logger_factory=logger_factory)
 
 
 def _resumable_checkpoint(last: Path) -> int | None:
@@ -90,7 +91,7 @@ def _resumable_checkpoint(last: Path) -> int | None:
 
 
 def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, staging: Path, *, mllm,
-           init_state, train, val, train_cfg, seed: int, logger_factory) -> Artifact:
+           init_state, train, val, train_cfg, seed: int, instructions: list[str], logger_factory) -> Artifact:
     steps = int(train_cfg.steps)
     mllm.projector.load_state_dict(init_state)
     metrics: dict = {"name": name, "steps": steps, "seed": seed}
@@ -98,7 +99,8 @@ def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, st
         mllm.reuse_head_kv = "fsdp" not in str(train_cfg.strategy).lower()
         L.seed_everything(seed, workers=True, verbose=False)
         datamodule = CaptionDataModule(mllm, train, val, batch_size=int(train_cfg.batch_size), max_steps=steps,
-                                       seed=seed, val_samples=int(train_cfg.val_samples))
+                                       seed=seed, instructions=instructions,
+                                       val_samples=int(train_cfg.val_samples))
         module = ProjectorAlignment(mllm, lr=float(train_cfg.lr), weight_decay=float(train_cfg.weight_decay),
                                     warmup_ratio=float(train_cfg.warmup_ratio), max_steps=steps)
         checkpoint_dir = staging / "checkpoints"

@@ -78,6 +78,7 @@ class SplitSchema:
 @dataclass
 class DataSchema:
     split: SplitSchema = rule()
+    instructions: list[str] = rule(fix='a list of strings, [""] for no instruction')
 
 
 @dataclass
@@ -109,6 +110,7 @@ class EvalSchema:
     gen_batch_size: int = rule(ge=1)
     max_new_tokens: int = rule(ge=1)
     bootstrap_iters: int = rule(ge=0)
+    experts_on: str = rule(choices=("own_source", "all"))
 
 
 @dataclass

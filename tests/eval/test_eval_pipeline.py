@@ -111,6 +111,7 @@ def make_context(tmp_path, mllm, model_cfg):
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({
         "experiment_name": "test", "seed": 0, "model": OmegaConf.to_container(model_cfg),
+        "data": {"instructions": [""]},
         "eval": eval_cfg(**{"suite.items_per_task": N, "suite.mme_images_per_category": 4, "tasks": None,
                             "batch_size": 8, "max_new_tokens": 4, "bootstrap_iters": 10, "workers": 1}),
         "report": {"only": False}, "logger": {"wandb": {"enabled": False}}})
@@ -145,6 +146,41 @@ def make_context(tmp_path, mllm, model_cfg):
     ctx.pivot = projector_artifact("pivot", "p0", seeded)
     ctx.merged = {"average": projector_artifact("merge", "m0", other), "broken": projector_artifact("merge", "m1", bad)}
     return ctx
+
+
+def test_experts_run_only_their_own_source_tasks_unless_told():
+    from eval.plan import job_tasks
+    from eval.suite import TaskSet
+
+    meta = {"pm_cls_digits": {"sources": ["digits"]}, "pm_cls_words": {"sources": ["words"]},
+            "pm_nll_digits": {"sources": ["digits"]}, "pm_cross_mc": {"sources": ["digits", "words"]}}
+    tasks = TaskSet(list(meta), {}, meta, "k")
+    cfg = OmegaConf.create({"eval": eval_cfg()})
+    assert job_tasks(cfg, "expert:digits", tasks) == ["pm_cls_digits", "pm_nll_digits"]
+    assert job_tasks(cfg, "merge:ties", tasks) == job_tasks(cfg, "pivot", tasks) == list(meta)
+    cfg.eval.experts_on = "all"
+    assert job_tasks(cfg, "expert:digits", tasks) == list(meta)
+    no_sources = TaskSet(["mme", "pope"], {}, {"mme": {"sources": []}, "pope": {"sources": []}}, "k")
+    cfg.eval.experts_on = "own_source"
+    assert job_tasks(cfg, "expert:digits", no_sources) == ["mme", "pope"]   # lmms-eval's own tasks
+    cfg.eval.experts_on = "mine"
+    with pytest.raises(ConfigError, match="eval.experts_on must be one of"):
+        job_tasks(cfg, "expert:digits", tasks)
+
+
+def test_suite_prompts_with_the_training_instruction_unless_told(tmp_path, tiny_mllm, tiny_model_cfg):
+    import pandas as pd
+
+    ctx = make_context(tmp_path, tiny_mllm, tiny_model_cfg)
+    ctx.cfg.data.instructions = ["Name the picture.", "Other."]
+
+    def questions(**overrides):
+        cfg = eval_cfg(**{"suite.items_per_task": N, "suite.mme_images_per_category": 4, **overrides})
+        folder = make_pool(cfg).prepare(ctx, ["pm_cls_digits"]).include_path
+        return set(pd.read_parquet(Path(folder) / "pm_cls_digits.parquet")["question"])
+
+    assert questions() == {"Name the picture."}                      # data.instructions[0]
+    assert questions(**{"suite.instruction": "Caption it."}) == {"Caption it."}
 
 
 def test_eval_stage_and_report_end_to_end(tmp_path, tiny_mllm, tiny_model_cfg, monkeypatch):

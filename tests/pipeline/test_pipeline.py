@@ -63,6 +63,17 @@ def test_changing_an_expert_option_reuses_upstream(first_run, tiny_model_cfg, tm
     assert "expert digits: 100%" in shown and "2/2" in shown   # the bar names the stage and counts steps
 
 
+def test_caption_change_retrains_but_keeps_images_and_features(first_run, tiny_model_cfg):
+    tmp, _, ctx0 = first_run
+    caption_change = "data.sources.digits.caption_templates=['the digit {label}']"
+    ctx1 = run(compose_cfg(tmp, tiny_model_cfg, [STAGES, caption_change]))
+    status = {(r["stage"], r["name"].split(" ")[0]): r["status"] for r in ctx1.log.rows}
+    assert status[("data", "digits")] == status[("features", "digits")] == "reused"
+    assert status[("pivot", "pivot")] == "ran"          # the pivot is trained on every source's captions
+    assert ctx1.pivot.key != ctx0.pivot.key
+    assert {ctx1.experts[n].key for n in ctx1.experts}.isdisjoint({ctx0.experts[n].key for n in ctx0.experts})
+
+
 def test_seed_changes_pivot_and_experts(first_run, tiny_model_cfg):
     tmp, _, ctx0 = first_run
     ctx1 = run(compose_cfg(tmp, tiny_model_cfg, [STAGES, "seed=1"]))
