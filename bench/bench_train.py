@@ -53,8 +53,9 @@ def main():
     features = torch.randn(n, model_cfg.vision.grid ** 2, model_cfg.vision.feature_dim, generator=generator)
     source = CaptionSource("digits", features, [labels[i % 10] for i in range(n)],
                            list(digits.caption_templates))
+    instructions = list(OmegaConf.load(ROOT / "conf" / "data" / "embedded.yaml").instructions)
     datamodule = CaptionDataModule(mllm, [source], [source], batch_size=args.batch, max_steps=args.steps, seed=0,
-                                   val_samples=0)
+                                   instructions=instructions, val_samples=0)
 
     # Bare floor: identical token batches, frozen LLM forward + backward to the input embeddings.
     batches = []

@@ -44,7 +44,7 @@ def main(models_dir: str, out_dir: str) -> None:
     labels = ["a cat", "a dog", "a sign that reads apple", "a handwritten digit seven"] * 4
     train = [CaptionSource("tiny", torch.randn(len(labels), 4, 24, generator=generator), labels, ["{label}"])]
     datamodule = CaptionDataModule(mllm, train, train, batch_size=int(train_cfg.batch_size), max_steps=steps,
-                                   seed=0, val_samples=4)
+                                   seed=0, instructions=["Describe the image briefly.", ""], val_samples=4)
     module = ProjectorAlignment(mllm, lr=float(train_cfg.lr), weight_decay=float(train_cfg.weight_decay),
                                 warmup_ratio=float(train_cfg.warmup_ratio), max_steps=steps)
     trainer = L.Trainer(
