@@ -237,7 +237,7 @@ def _retention(table: Table, store: _Store, model: str, sources: list[str], out:
         bench = table.in_source[s]
         pivot, expert = str(PIVOT), str(ModelId.expert(s))
         if (model, bench) not in store.values:
-            return
+            continue   # e.g. an expert evaluated on its own source only: its per-source cells, no mean
         seeds = sorted(set(store.values[(model, bench)]) & set(store.values[(pivot, bench)])
                        & set(store.values[(expert, bench)]))
         p = table.cells[(pivot, bench)].mean

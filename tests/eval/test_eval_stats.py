@@ -86,6 +86,12 @@ def test_table_retention_and_comparisons_from_items():
     assert versus_ties.difference == pytest.approx(27.5) and versus_ties.n_items == 2 * n
     assert versus_ties.verdict == "reference better" and versus_ties.p_value < 1e-6
     assert table.best["Retention"] == {"merge:pivotmerge"}
+    # experts evaluated on their own source only (eval.experts_on: own_source): own cell 100, no mean
+    own_only = build_table([r for r in rows if not (r["model"].startswith("expert:")
+                                                    and r["benchmark"] != f"pm_cls_{r['model'][7:]}")])
+    assert own_only.retention_by_source[("expert:b", "b")].mean == pytest.approx(100.0)
+    assert "expert:b" not in own_only.retention
+    assert own_only.retention["merge:pivotmerge"].mean == pytest.approx(50.0)
 
 
 def test_lower_is_better_columns_bold_the_minimum():
