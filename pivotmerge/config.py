@@ -32,17 +32,6 @@ def compose(overrides: list[str], *, root: Path | None = None, output_dir: Path 
                           f"{str(exc).splitlines()[0]}") from exc
 
 
-def data_config(name: str):
-    """`cfg.data` of conf/data/<name>.yaml (its own keys; the sources it composes are not read)."""
-    from omegaconf import OmegaConf
-
-    path = CONF_DIR / "data" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no data config {name!r} (conf/data/{name}.yaml); available: "
-                          f"{', '.join(sorted(p.stem for p in (CONF_DIR / 'data').glob('[!_]*.yaml')))}")
-    return OmegaConf.load(path)
-
-
 def model_config(name: str):
     """`cfg.model` of conf/model/<name>.yaml."""
     from omegaconf import OmegaConf

@@ -100,9 +100,10 @@ def _stats_features(args, model_cfg):
 
 
 def _cli_fisher(args, model_cfg, state, features, names):
-    from pivotmerge.config import data_config
+    from pivotmerge.config import compose
     from pivotmerge.models.mllm import build_mllm
     from pivotmerge.pipeline.calibration import diagonal_fisher
+    from pivotmerge.pipeline.data import instructions
 
     try:
         captions = json.loads(Path(args.fisher).read_text())
@@ -111,9 +112,12 @@ def _cli_fisher(args, model_cfg, state, features, names):
     if not isinstance(captions, list) or len(captions) < min(args.fisher_rows, features.shape[0]):
         raise CLIError(f"--fisher {args.fisher}: need a list with a caption for each of the first "
                        f"{min(args.fisher_rows, features.shape[0])} rows")
+    try:   # the instruction the experts were aligned with (data.instructions[0], inherited defaults included)
+        instruction = instructions(compose([f"data={args.data_config}"]))[0]
+    except ConfigError as e:
+        raise CLIError(f"--data-config {args.data_config}: {e}") from e
     mllm = build_mllm(model_cfg, Path(".cache/models"))
     n = min(args.fisher_rows, features.shape[0])
     rows = features[:n] if features.ndim == 3 else features[:n].unsqueeze(1)
-    instruction = str(data_config(args.data_config).instructions[0])   # what the experts were aligned with
     texts = [mllm.encode_text(instruction, str(c)) for c in captions[:n]]
     return diagonal_fisher(mllm, state, rows, texts)

@@ -219,3 +219,15 @@ def test_existing_output_needs_force(ckpts, capsys):
 def test_bad_merge_files_fail_in_one_line(ckpts, capsys, text, needles):
     d, _, _ = ckpts
     _fails(["merge", "--config", str(write_yaml(d / "bad.yaml", text))], capsys, d / "o.bin", *needles)
+
+
+def test_stats_fisher_names_a_bad_data_config_before_loading_a_model(ckpts, capsys):
+    from safetensors.torch import save_file
+
+    d, _, _ = ckpts
+    save_file({"features": torch.randn(4, 1, 5)}, str(d / "features.safetensors"))
+    (d / "captions.json").write_text(json.dumps(["seven"] * 4))
+    rc = main(["stats", "--projector", str(d / "e0.safetensors"), "--features", str(d / "features.safetensors"),
+               "--fisher", str(d / "captions.json"), "--data-config", "nope", "--out", str(d / "s.safetensors")])
+    assert rc != 0
+    assert "--data-config nope" in capsys.readouterr().err

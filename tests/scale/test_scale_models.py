@@ -68,6 +68,8 @@ def test_siglip_tower_keeps_every_patch(tmp_path):
 
 @pytest.mark.parametrize("data", ["cc12m", "llava558k"])
 def test_real_data_configs_compose_with_the_k4_scenario(data, monkeypatch):
+    from pivotmerge.pipeline.data import instructions
+
     monkeypatch.setenv("CC12M_SHARDS", "/x/{00000..00009}.tar")
     monkeypatch.setenv("LLAVA_PRETRAIN", "/y")
     cfg = _compose(f"data={data}", "scenario=cc12m_k4", "trainer=ddp", "model=llava15_7b")
@@ -76,6 +78,7 @@ def test_real_data_configs_compose_with_the_k4_scenario(data, monkeypatch):
     sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
     assert [s["domain"] for s in sources.values()] == ["d0", "d1", "d2", "d3"]
     assert len({s["name"] for s in sources.values()}) == 4
+    assert instructions(cfg)[0] == "Describe the image briefly." and len(instructions(cfg)) == 3   # inherited
     if data == "cc12m":
         assert sources["d2"]["shards"] == "/x/{00000..00009}.tar"
     else:
