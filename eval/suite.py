@@ -3,7 +3,7 @@
 `EmbeddedSuite` (conf/eval/embedded.yaml): local lmms-eval tasks (parquet + YAML) built from the sources' TEST
 splits. Deterministic (eval/documents.py builds the rows), and the folder is cached as the artifact
 `eval_suite/<key>` whose key hashes the data artifacts' keys (each source's config), the sources' caption
-templates, the suite options and the code of the task files. The folder is self-contained:
+templates and `data.instructions`, the suite options and the code of the task files. The folder is self-contained:
 `pm_*.yaml` + `pm_*.parquet` + the `_template_*` files and `utils.py` copied from `eval/tasks/`, with data
 files given relative to the YAMLs, so it can be passed as `include_path` to lmms-eval (our `TaskManager`, or
 `lmms-eval --include_path <folder>`). The eval stage prints the folder; `pivotmerge suite --print-path
