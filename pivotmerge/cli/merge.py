@@ -7,6 +7,8 @@ YAML's keys, values typed like YAML/Hydra overrides. Data-aware methods (RegMean
 expert's calibration statistics from ``--stats A.st B.st ...`` (written by ``pivotmerge stats``).
 ``pivotmerge merge --config merge.yaml`` reads the same from a file (method, base, experts with optional
 per-expert weights, options, out; see docs/merge_cli.md); flags given next to it override the file.
+A mergekit config (``merge_method``, ``base_model``, ``models``, ``parameters``, ``dtype``) is read as it
+is, for the methods both have (:mod:`pivotmerge.interop.mergekit`).
 A safetensors output carries its provenance (method, options, input hashes, version) in its metadata:
 ``pivotmerge info MERGED`` prints it. An existing output is only replaced with ``--force``.
 """
@@ -89,6 +91,9 @@ class MergeRequest:
     options: dict[str, Any]
     out: Path
     diagnostics: Path | None
+    dtype: str | None = None        # inputs cast to it before merging (mergekit's `dtype`)
+    out_dtype: str | None = None    # the written tensors' dtype (mergekit's `out_dtype`)
+    origin: str | None = None       # where the request came from, when not a pivotmerge merge file
 
 
 def read_merge_file(path: str | Path) -> dict[str, Any]:
@@ -107,6 +112,10 @@ def read_merge_file(path: str | Path) -> dict[str, Any]:
         raise CLIError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(data, dict):
         raise CLIError(f"--config {path}: expected a mapping with keys {', '.join(MERGE_FILE_KEYS)}")
+    from pivotmerge.interop.mergekit import is_mergekit, read_mergekit
+
+    if is_mergekit(data):
+        return read_mergekit(data, path.parent, f"--config {path}")
     unknown = sorted(set(data) - set(MERGE_FILE_KEYS))
     if unknown:
         raise CLIError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(MERGE_FILE_KEYS)}")
@@ -181,7 +190,18 @@ def merge_request(args: argparse.Namespace) -> tuple[MergeRequest, Callable]:
         if value is None:
             raise CLIError(f"merge needs {flag} (or `{key}:` in --config)")
     diagnostics = Path(args.diagnostics) if args.diagnostics else file.get("diagnostics")
-    return MergeRequest(method, base, experts, weights, options, out, diagnostics), fn
+    return MergeRequest(method, base, experts, weights, options, out, diagnostics, file.get("dtype"),
+                        file.get("out_dtype"), file.get("origin")), fn
+
+
+def cast_floats(sd: dict, dtype: str | None) -> dict:
+    """Floating tensors of ``sd`` in ``dtype`` (a torch dtype name); None leaves them as they are."""
+    import torch
+
+    if dtype is None:
+        return sd
+    dt = getattr(torch, dtype)
+    return {k: v.to(dt) if v.is_floating_point() else v for k, v in sd.items()}
 
 
 def weighted_experts(pivot: dict, experts: list[dict], weights: list[float]) -> list[dict]:
@@ -213,6 +233,9 @@ def provenance(request: MergeRequest) -> dict[str, str]:
     inputs = {"base": {"path": str(request.base), "sha256": sha256_file(request.base)},
               "experts": [{"path": str(p), "sha256": sha256_file(p), "weight": w}
                           for p, w in zip(request.experts, request.weights)]}
+    # a mergekit config's translation is only reproducible with what it was translated from
+    inputs.update({k: v for k, v in (("origin", request.origin), ("dtype", request.dtype),
+                                     ("out_dtype", request.out_dtype)) if v is not None})
     return {"format": "pt", "pivotmerge.method": request.method,
             "pivotmerge.options": json.dumps(request.options),
             "pivotmerge.inputs": json.dumps(inputs), "pivotmerge.version": version_string()}
@@ -274,15 +297,16 @@ def run_merge(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise CLIError(f"--out {out} exists; pass --force to replace it")
     calibration = _calibration_for(fn, request.method, args.stats, len(request.experts))
-    pivot = load_state_dict(request.base)
-    expert_sds = [load_state_dict(e) for e in request.experts]
+    pivot = cast_floats(load_state_dict(request.base), request.dtype)
+    expert_sds = [cast_floats(load_state_dict(e), request.dtype) for e in request.experts]
     t_load = time.perf_counter() - t0
     labels = [str(request.base), *map(str, request.experts)]
     validate_inputs(pivot, expert_sds, min_experts=2, method=request.method, labels=labels)
     expert_sds = weighted_experts(pivot, expert_sds, request.weights)
     diag: dict = {}
     t1 = time.perf_counter()
-    merged = fn(pivot, expert_sds, **request.options, diagnostics=diag, **calibration)
+    merged = cast_floats(fn(pivot, expert_sds, **request.options, diagnostics=diag, **calibration),
+                         request.out_dtype)
     t_merge = time.perf_counter() - t1
     save_state_dict(merged, out, metadata=provenance(request))
     diag_paths: list[Path] = []
@@ -292,21 +316,24 @@ def run_merge(args: argparse.Namespace) -> int:
         diag.update(cli=dict(method=request.method, base=str(request.base), experts=labels[1:],
                              weights=request.weights, out=str(out)))
         diag_paths = write_diagnostics(diag, request.diagnostics)
-    _print_summary(request.method, request.options, pivot, expert_sds, merged, diag, out, diag_paths, t_load,
-                   t_merge, time.perf_counter() - t0)
+    _print_summary(request, pivot, expert_sds, merged, diag, diag_paths, t_load, t_merge,
+                   time.perf_counter() - t0)
     return 0
 
 
-def _print_summary(method, options, pivot, experts, merged, diag, out, diag_paths, t_load, t_merge, t_total) -> None:
+def _print_summary(request, pivot, experts, merged, diag, diag_paths, t_load, t_merge, t_total) -> None:
     from pivotmerge.merging import compute_dtype, float_keys, group_layers
 
+    out = request.out
     n_params = sum(v.numel() for v in pivot.values())
     lines = [
-        f"pivotmerge merge: {method}",
-        "  options: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "(none)"),
+        f"pivotmerge merge: {request.method}" + (f"  (from a {request.origin})" if request.origin else ""),
+        "  options: " + (", ".join(f"{k}={v}" for k, v in request.options.items()) or "(none)"),
         f"  inputs : pivot + {len(experts)} experts, {len(pivot)} tensors, {n_params:,} values, "
         f"dtype {next(iter(pivot.values())).dtype}",
     ]
+    if any(w != 1.0 for w in request.weights):
+        lines.append("  weights: " + ", ".join(_fmt(w) for w in request.weights) + " (task-vector scales)")
     layers = group_layers(float_keys(pivot))
     lines.append(f"  {'layer':<32} {'|tau_k| (per expert)':<34} {'|merged-pivot|':>14} {'weight':>7}")
     shown = list(layers.items())[:16]
