@@ -1,6 +1,6 @@
 """report.html: self-contained (every image inlined, nothing fetched), the table as table.md shows it, every
-plot of the report and diagnostics folders, config and code version; a headless-browser screenshot where
-Debian's `chromium` is installed."""
+plot of the report and diagnostics folders, config and code version; in headless Chromium (Debian's
+`chromium`, which .ci/run installs), a screenshot and every table and image rendered with nothing fetched."""
 import base64
 import io
 import json
@@ -122,18 +122,61 @@ def test_report_only_finds_merges_in_the_stores_run_folder(run_folder, tmp_path)
     assert "merge:pivotmerge" in text and "Spectra (spectra.png)" in text
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-def test_headless_browser_renders_a_non_empty_page(run_folder, tmp_path):
+CHROMIUM = shutil.which("chromium")
+# Why the page is checked in a copy: the copy adds a Content-Security-Policy that lets nothing but inline data
+# load (a request for anything else is blocked and reported), and a script that, once the page has loaded,
+# writes what the browser rendered - each image decoded and laid out, each table laid out - into the DOM.
+_PROBE_HEAD = """<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:;
+ style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<script>window.__blocked = [];
+document.addEventListener('securitypolicyviolation', e => window.__blocked.push(e.blockedURI));</script>"""
+_PROBE_BODY = """<script>window.addEventListener('load', () => {
+  const size = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const out = document.createElement('pre');
+  out.id = 'render-check';
+  out.textContent = JSON.stringify({
+    images: [...document.images].map(i => i.complete && i.naturalWidth > 0 && size(i)),
+    tables: [...document.querySelectorAll('table')].map(t => size(t) ? t.rows.length : 0),
+    requests: performance.getEntriesByType('resource').map(r => r.name),
+    blocked: window.__blocked});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def chromium(tmp_path, *args):
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                           *args], capture_output=True, text=True, timeout=120, check=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it as root: "
+                                              "apt-get install -y chromium)")
+def test_headless_browser_renders_every_table_and_image(run_folder, tmp_path):
+    import html
+    import re
+
     from PIL import Image
 
     out, table, rows = run_folder
     path = write_html_report(table, out, [out / "results"], rows)
+    page = Page()
+    page.feed(path.read_text())
+    # the page as it is: a screenshot with text and tables on it, not a blank page
     shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                    "--hide-scrollbars", "--window-size=1200,900", f"--screenshot={shot}", path.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    chromium(tmp_path, "--hide-scrollbars", "--window-size=1200,900", f"--screenshot={shot}", path.as_uri())
     image = Image.open(shot).convert("L")
     assert image.size == (1200, 900)
     low, high = image.getextrema()
-    assert high - low > 100          # text and table on a white page, not a blank one
+    assert high - low > 100
+    # what the browser rendered, from the probed copy
+    text = path.read_text()
+    assert "<head>" in text and "</body>" in text
+    probe = path.with_name("probe.html")
+    probe.write_text(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_BODY + "</body>", 1))
+    dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'<pre id="render-check">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    rendered = json.loads(html.unescape(found.group(1)))
+    assert rendered["images"] == [True] * len(page.images) and len(page.images) >= 5
+    assert rendered["tables"] == [len(t) for t in page.tables] and len(page.tables) >= 2
+    assert rendered["requests"] == [] and rendered["blocked"] == []   # nothing fetched, nothing tried
