@@ -13,7 +13,13 @@ from pivotmerge.errors import ConfigError, DataError
 
 # The metric each benchmark kind shows in the paper table.
 PRIMARY_METRIC = {"cls": "acc", "nll": "nll", "mc": "acc", "cross": "acc", "pope": "accuracy", "mme": "mme_score",
-                  "open": "exact_match"}
+                  "open": "exact_match", "vqa": "acc"}
+# A source's own VQA questions become one task per question set (sources that share images share it).
+VQA_TASKS = {"easyvqa": "pm_easyvqa"}   # source-name prefix -> task
+
+
+def vqa_task(source_name: str) -> str | None:
+    return next((task for prefix, task in VQA_TASKS.items() if source_name.startswith(prefix)), None)
 
 
 @dataclass
@@ -25,6 +31,8 @@ class SuiteSource:
     images: list[dict]         # {"bytes": ..., "path": ...} as stored by the HF Image feature
     labels: list[str]          # test label of each image
     extra_labels: list[str] = field(default_factory=list)   # vocabulary beyond the test labels
+    questions: list[tuple[str, str, int]] = field(default_factory=list)   # (question, answer, test index)
+    answers: list[str] = field(default_factory=list)        # the answer vocabulary of `questions`
 
     def caption(self, label: str) -> str:
         return self.caption_templates[0].format(label=label)
@@ -52,6 +60,8 @@ def planned_task_names(options: dict, sources: list[str]) -> list[str]:
         names += [f"pm_open_{s}" for s in (options["open_questions"] or {}) if s in sources]
     if "cross" in kinds and len(sources) >= 2:
         names.append("pm_cross_mc")
+    if "vqa" in kinds:
+        names += list(dict.fromkeys(t for t in map(vqa_task, sources) if t))
     return names
 
 
@@ -213,8 +223,27 @@ def _cross(sources: list[SuiteSource], options: dict) -> dict[str, list[dict]]:
     return {name: rows}
 
 
+def _vqa(sources: list[SuiteSource], options: dict) -> dict[str, list[dict]]:
+    """A source's own test questions, unchanged, k-way over its answer vocabulary (easy-VQA: 13 answers);
+    `items_per_task` questions drawn at random from those on the test images."""
+    tasks = {}
+    for source in sources:
+        name = vqa_task(source.name)
+        if name is None or name in tasks or not source.questions:
+            continue
+        picks = sorted(_rng(options, name).sample(range(len(source.questions)),
+                                                  min(int(options["items_per_task"]), len(source.questions))))
+        rows = []
+        for pick in picks:
+            question, answer, index = source.questions[pick]
+            row = _row(source, index, question, source.answers, source.answers.index(answer))
+            rows.append({**row, "label": answer, "category": name})
+        tasks[name] = rows
+    return tasks
+
+
 BUILDERS = (("cls", _cls), ("nll", _nll), ("mc", _mc), ("pope", _pope), ("mme", _mme), ("open", _open),
-            ("cross", _cross))
+            ("cross", _cross), ("vqa", _vqa))
 
 
 def build_documents(sources: list[SuiteSource], options: dict) -> dict[str, tuple[str, list[dict]]]:

@@ -30,6 +30,8 @@ Benchmarks of the embedded suite (names unique, prefixed `pm_`):
   pm_open_<source> open answer, exact match (TextVQA style), for the sources of `open_questions`.
   pm_cross_mc      4-way multiple choice whose options mix two sources' labels (2 + 2), items alternate
                    between the two sources' images: no single-source expert covers it alone.
+  pm_easyvqa       easy-VQA's own test questions, unchanged, k-way over its 13 answers (kind `vqa`; made
+                   when an easy-VQA source is in the scenario, once for all its caption views).
 """
 from __future__ import annotations
 
@@ -258,7 +260,14 @@ def suite_sources(ctx) -> list[SuiteSource]:
         source = ctx.sources[name]
         labels = list(test["label"])
         extra = [] if len(set(labels)) >= 4 else list(source.labels())
-        out.append(SuiteSource(name, list(source.caption_templates), list(test["image"]), labels, extra))
+        questions, answers = [], []
+        if hasattr(source, "test_questions"):   # a source with its own VQA questions (easy-VQA)
+            index_of = {key: i for i, key in enumerate(test["key"])}
+            questions = [(q.text, q.answer, index_of[str(q.image_id)]) for q in source.test_questions()
+                         if str(q.image_id) in index_of]
+            answers = source.answer_vocabulary()
+        out.append(SuiteSource(name, list(source.caption_templates), list(test["image"]), labels, extra,
+                               questions, answers))
     return out
 
 

@@ -6,9 +6,12 @@ Columns:
                accuracy-type values in %; per-source NLL benchmarks (`pm_nll_<s>`) are summarised in `NLL`.
   Average      mean over the %-columns.
   Norm.        mean over sources of score(model, in-source s) / score(expert:s, in-source s), in %.
+  % joint      mean over sources of score(model, in-source s) / score(joint, in-source s), in %: the joint
+               projector of the same scenario (trained on the union) as the reference, defined in every regime.
   Retention    gain retention: mean over sources of (model - pivot) / (expert:s - pivot) on the in-source
-               benchmark, in % (100 = keeps every expert's gain, 0 = no better than the pivot). Sources whose
-               expert does not beat the pivot are left out (and listed in `undefined_retention`).
+               benchmark, in % (100 = keeps every expert's gain, 0 = no better than the pivot). Only sources
+               whose expert beats the pivot beyond the 95 % interval of that gain count; the others are left
+               out ("n/a", listed in `undefined_retention`): a ratio over a gain within its noise is no number.
   NLL          mean over sources of the held-out caption NLL (nats per caption; lower is better).
 Cells: mean over seeds, sample std over seeds (`std`, None with one seed), and a 95 % bootstrap interval
 (`lo`, `hi`) over items - and over seeds where there are several - wherever the store holds per-item values
@@ -24,14 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval import stats
-from pivotmerge.model_id import PIVOT, ModelId, kind_of, model_order
+from pivotmerge.model_id import JOINT, PIVOT, ModelId, kind_of, model_order
 
 RAW_SCALE_PREFIXES = ("mme_score", "mme_perception_score", "mme_cognition_score", "score_")
 LOWER_IS_BETTER = ("nll",)
 IN_SOURCE_PREFIXES = ("pm_cls_", "pm_mc_")   # first match is a source's in-source benchmark
 NLL_PREFIX = "pm_nll_"
 REFERENCE_MERGE = str(ModelId.merge("pivotmerge"))
-SUMMARY_COLUMNS = ("Average", "Norm.", "Retention", "NLL")
+SUMMARY_COLUMNS = ("Average", "Norm.", "% joint", "Retention", "NLL")
 
 
 @dataclass
@@ -207,7 +210,7 @@ def build_table(rows: list[dict], metric: str = "primary", reference: str = REFE
     expert_ref = {s: cells[(expert[s], b)].mean for s, b in in_source.items()
                   if (expert[s], b) in cells and cells[(expert[s], b)].mean > 0}
     pivot_ref = {s: cells[(str(PIVOT), b)].mean for s, b in in_source.items() if (str(PIVOT), b) in cells}
-    retained = [s for s in expert_ref if s in pivot_ref and expert_ref[s] > pivot_ref[s]]
+    retained = [s for s in expert_ref if s in pivot_ref and _gain_is_real(store, expert[s], in_source[s])]
     table.undefined_retention = sorted(s for s in in_source if s not in retained)
     summaries: dict[str, dict[str, Cell]] = {c: {} for c in SUMMARY_COLUMNS}
     for model in store.models:
@@ -224,11 +227,48 @@ def build_table(rows: list[dict], metric: str = "primary", reference: str = REFE
                                  100.0 * r / expert_ref[s] for s in expert_ref])
                 summaries["Norm."][model] = Cell(cell.mean, cell.std, cell.n, *(stats.interval(reps) if reps is not None
                                                                                else (None, None)))
+        if (cell := _relative_to(store, model, str(JOINT), in_source)) is not None:
+            summaries["% joint"][model] = cell
         _retention(table, store, model, retained, summaries["Retention"])
     table.summaries = {c: v for c, v in summaries.items() if v}
     _best(table)
     _compare(table, store, reference)
     return table
+
+
+def _gain_is_real(store: _Store, expert: str, bench: str) -> bool:
+    """The expert beats the pivot on its in-source benchmark beyond the 95 % interval of the gain (paired
+    bootstrap on the same items); without per-item values, by the means."""
+    pivot = str(PIVOT)
+    if (expert, bench) not in store.values or (pivot, bench) not in store.values:
+        return False
+    reps = [store.replicates(m, bench) for m in (expert, pivot)]
+    if any(r is None for r in reps):
+        mean = lambda m: sum(store.values[(m, bench)].values()) / len(store.values[(m, bench)])  # noqa: E731
+        return mean(expert) > mean(pivot)
+    return stats.interval(reps[0] - reps[1])[0] > 0
+
+
+def _relative_to(store: _Store, model: str, reference: str, in_source: dict[str, str]) -> Cell | None:
+    """Mean over sources of 100 * model / reference on the in-source benchmarks (per seed; interval from the
+    joint replicates), over the sources where both are scored and the reference is above 0."""
+    benches = [b for b in in_source.values() if (model, b) in store.values and (reference, b) in store.values]
+    if not benches:
+        return None
+    seeds = sorted(set.intersection(*(set(store.values[(m, b)]) for b in benches for m in (model, reference))))
+    if not seeds:
+        return None
+    ratios = []
+    for seed in seeds:
+        refs = [store.values[(reference, b)][seed] for b in benches]
+        if min(refs) <= 0:
+            return None
+        ratios.append(100.0 * sum(store.values[(model, b)][seed] / r for b, r in zip(benches, refs)) / len(benches))
+    parts = []
+    for b in benches:
+        own, ref = store.replicates(model, b), store.replicates(reference, b)
+        parts.append(None if own is None or ref is None or (ref <= 0).any() else 100.0 * own / ref)
+    return _cell(ratios, _mean_of(parts))
 
 
 def _retention(table: Table, store: _Store, model: str, sources: list[str], out: dict[str, Cell]) -> None:

@@ -22,7 +22,7 @@ def column_unit(table: Table, column: str) -> str:
     if column in table.metrics:
         unit = metric_unit(table.metrics[column])
         return "pct" if unit == "fraction" else unit
-    return {"Average": "pct", "Norm.": "pct", "Retention": "pct", "NLL": "nats"}.get(column, "")
+    return {"Average": "pct", "Norm.": "pct", "% joint": "pct", "Retention": "pct", "NLL": "nats"}.get(column, "")
 
 
 def format_cell(cell: Cell | None, plus_minus: str = " ±") -> str:
@@ -60,9 +60,12 @@ def legend(table: Table) -> str:
         parts.append("Average: over the %-columns")
     if table.normalized:
         parts.append("Norm.: in-source accuracy relative to the source's expert (%)")
+    if table.summaries.get("% joint"):
+        parts.append("% joint: in-source accuracy relative to the joint projector of the same scenario (%)")
     if table.retention:
         parts.append("Retention: mean over sources of (model - pivot) / (expert - pivot) on the in-source "
-                     "benchmark (%; 100 keeps every expert's gain, 0 none)")
+                     "benchmark (%; 100 keeps every expert's gain, 0 none), over the sources whose expert beats "
+                     "the pivot beyond the 95 % interval of the gain")
     if table.summaries.get("NLL"):
         parts.append("NLL: held-out caption NLL, nats per caption, mean over sources (lower is better)")
     parts.append(f"best merge in bold; {MISSING} = missing")
@@ -90,7 +93,8 @@ def retention_section(table: Table) -> list[str]:
         lines += md_table(["Model"] + sources, [[m] + [format_cell(table.retention_by_source.get((m, s)))
                                                        for s in sources] for m in table.models if m != str(PIVOT)])
     if table.undefined_retention:
-        lines += ["", f"No retention for {', '.join(table.undefined_retention)}: its expert does not beat the pivot."]
+        lines += ["", f"Retention n/a for {', '.join(table.undefined_retention)}: its expert does not beat the pivot "
+                  "beyond the 95 % interval of the gain."]
     return lines
 
 

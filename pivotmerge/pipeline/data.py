@@ -12,7 +12,7 @@ from pivotmerge.data.sources.base import DataSource, Example
 from pivotmerge.errors import ConfigError, DataError
 from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "pool")
 
 
 @dataclass
@@ -20,6 +20,7 @@ class SplitSizes:
     train: int
     val: int
     test: int
+    pool: int = 0   # rows no expert trains on (the general pivot's data); 0: none
 
 
 def build_source(source_cfg) -> DataSource:
@@ -44,11 +45,14 @@ def selected_sources(cfg) -> list[str]:
 
 
 def stratified_split(examples: list[Example], sizes: SplitSizes, seed: int) -> dict[str, list[Example]]:
-    """Shuffle within each label, interleave labels, then cut test, val and train in that order.
+    """Shuffle within each label, interleave labels, then cut test, val, train and pool in that order.
 
     Test and val are therefore label-balanced, fixed by `seed` (the data seed, not the run seed), and
-    disjoint from train.
+    disjoint from train; the pool (images no expert trains on) is disjoint from all three. A source with its
+    own split (`Example.group`) keeps it instead: `source_split`.
     """
+    if any(e.group is not None for e in examples):
+        return source_split(examples, sizes)
     by_label: dict[str, list[Example]] = defaultdict(list)
     for example in examples:
         by_label[example.label].append(example)
@@ -64,9 +68,25 @@ def stratified_split(examples: list[Example], sizes: SplitSizes, seed: int) -> d
         raise DataError(f"source has {len(interleaved)} examples, fewer than test+val+1 = {need}: lower "
                         "data.split sizes or give the source more examples")
     test = interleaved[:sizes.test]
-    val = interleaved[sizes.test:sizes.test + sizes.val]
-    train = interleaved[sizes.test + sizes.val:][:sizes.train]
-    return {"train": train, "val": val, "test": test}
+    return {"test": test, **_train_val_pool(interleaved[sizes.test:], sizes)}
+
+
+def _train_val_pool(rest: list[Example], sizes: SplitSizes) -> dict[str, list[Example]]:
+    train_end = sizes.val + sizes.train
+    return {"val": rest[:sizes.val], "train": rest[sizes.val:train_end],
+            "pool": rest[train_end:train_end + sizes.pool]}
+
+
+def source_split(examples: list[Example], sizes: SplitSizes) -> dict[str, list[Example]]:
+    """The source's own split, in the source's order and independent of the labels: test from its test
+    group, val / train / pool from the rest. Caption views of one image set (easy-VQA's shape and colour)
+    therefore get exactly the same images in every split."""
+    test = [e for e in examples if e.group == "test"][:sizes.test]
+    rest = [e for e in examples if e.group != "test"]
+    if len(test) < sizes.test or len(rest) < sizes.val + 1:
+        raise DataError(f"source has {len(test)} test and {len(rest)} other examples, fewer than data.split.test="
+                        f"{sizes.test} and val+1={sizes.val + 1}: lower data.split sizes")
+    return {"test": test, **_train_val_pool(rest, sizes)}
 
 
 # Source options that shape only the caption text, never the images: kept out of the data (and so the
@@ -107,15 +127,16 @@ def run_data_stage(store: ArtifactStore, name: str, source_cfg, split_cfg) -> Ar
         if staging is None:
             return Artifact("data", key, store.folder("data", key), reused=True)
         source = build_source(source_cfg)
-        sizes = SplitSizes(int(split_cfg.train), int(split_cfg.val), int(split_cfg.test))
+        sizes = SplitSizes(int(split_cfg.train), int(split_cfg.val), int(split_cfg.test), int(split_cfg.pool))
         splits = stratified_split(source.examples(), sizes, int(split_cfg.seed))
         features = Features({"image": ImageFeature(), "label": Value("string"), "source": Value("string"),
-                             "index": Value("int32")})
+                             "index": Value("int32"), "key": Value("string")})
         dataset = DatasetDict({
             split: Dataset.from_dict({"image": [e.image for e in rows], "label": [e.label for e in rows],
-                                      "source": [name] * len(rows), "index": list(range(len(rows)))},
+                                      "source": [name] * len(rows), "index": list(range(len(rows))),
+                                      "key": [e.key for e in rows]},
                                      features=features)
-            for split, rows in splits.items()})
+            for split, rows in splits.items() if rows})   # an empty pool is no split (HF cannot reload one)
         dataset.save_to_disk(str(staging / "dataset"))
         return Artifact("data", key, store.commit("data", key, spec), reused=False)
 

@@ -36,14 +36,18 @@ def run_features_stage(store: ArtifactStore, name: str, data_artifact: Artifact,
             return Artifact("features", key, store.folder("features", key), reused=True)
         tower = tower_factory()
         dataset = load_dataset_dict(data_artifact.path)
+        first = None
         for split in SPLITS:
-            rows = dataset[split]
+            rows = dataset[split] if split in dataset else []   # an empty pool is not stored
             chunks = []
             for start in tqdm(range(0, len(rows), batch_size), desc=f"features {name}/{split}", leave=False):
                 batch = rows[start:start + batch_size]
                 chunks.append(tower.encode_images(batch["image"]).to(torch.float32))
-            save_file({"features": torch.cat(chunks)}, str(staging / f"{split}.safetensors"))
-            (staging / f"{split}.labels.json").write_text(json.dumps(list(rows["label"])))
+            # an empty split (no pool) is stored as 0 rows of the tower's shape, taken from the train split
+            encoded = torch.cat(chunks) if chunks else torch.zeros((0, *first.shape[1:]))
+            first = encoded if split == SPLITS[0] else first
+            save_file({"features": encoded.contiguous()}, str(staging / f"{split}.safetensors"))
+            (staging / f"{split}.labels.json").write_text(json.dumps(list(rows["label"]) if len(rows) else []))
         return Artifact("features", key, store.commit("features", key, spec), reused=False)
 
 

@@ -35,6 +35,10 @@ def check_stages_and_steps(cfg) -> None:
     if "pivot" in planned and cfg.scenario.pivot.init == "warmup" and int(cfg.scenario.pivot.steps) < 1:
         raise fail("scenario.pivot.steps", cfg.scenario.pivot.steps, "must be >= 1 for a warm-up pivot",
                    "or scenario.pivot.init=seeded for the untrained seeded projector")
+    pivot = cfg.scenario.pivot
+    if "pivot" in planned and pivot.init == "warmup" and pivot.data == "general" and int(cfg.data.split.pool) < 1:
+        raise fail("data.split.pool", cfg.data.split.pool, "must be >= 1 for scenario.pivot.data=general (the "
+                   "general pivot trains on each source's pool: images no expert trains on)", "e.g. 400")
     if "experts" in planned and int(cfg.scenario.experts.steps) < 1:
         raise fail("scenario.experts.steps", cfg.scenario.experts.steps,
                    "must be >= 1: experts with no training would equal the pivot", "e.g. 60")

@@ -44,12 +44,14 @@ class TrainerSchema:
 @dataclass
 class PivotSchema:
     init: str = rule(choices=("warmup", "seeded"))
+    data: str = rule(choices=("experts", "general"))
     steps: int = rule(ge=0)
     samples_per_source: int = rule(ge=1)
 
 
 @dataclass
 class ExpertsSchema:
+    start: str = rule(choices=("from_pivot", "independent"))
     steps: int = rule(ge=0)
 
 
@@ -72,6 +74,7 @@ class SplitSchema:
     train: int = rule(ge=1)
     val: int = rule(ge=1)
     test: int = rule(ge=1)
+    pool: int = rule(ge=0)
     seed: int = rule()
 
 

@@ -19,6 +19,8 @@ from pivotmerge.errors import DataError
 class Example:
     image: Image.Image
     label: str
+    group: str | None = None   # "test" / "train": a source's own split, kept by the data stage (easy-VQA)
+    key: str = ""              # the source's own id of the image (e.g. easy-VQA's image id)
 
 
 class DataSource(abc.ABC):
