@@ -31,10 +31,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from pivotmerge.errors import CacheError
+from pivotmerge.errors import CacheError, StageIOError
 
 # Bump a stage's version when its code changes what it writes: old entries then stop matching.
-STAGE_VERSIONS = {"data": 1, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2,
+STAGE_VERSIONS = {"data": 2, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2,
                   "eval_suite": 2, "stats": 1, "fisher": 1, "lmc": 1}
 MANIFEST = "manifest.json"
 # Distributions whose version shapes each stage's output (part of its key).
@@ -181,15 +181,23 @@ class ArtifactStore:
     def claim(self, stage: str, key: str, *, lock: bool = True) -> Iterator[Path | None]:
         """Exclusive right to build `stage/key`: yields None when an intact entry exists (reuse it), else the
         staging folder to fill before `commit`. `lock=False` for processes that share a builder's claim
-        (the non-zero ranks of a multi-GPU training run)."""
-        if self.exists(stage, key):
-            yield None
-            return
-        if not lock:
-            yield self.begin(stage, key)
-            return
-        with key_lock(self.root / ".locks" / stage / f"{key}.lock", f"{stage}/{key}"):
-            yield None if self.exists(stage, key) else self.begin(stage, key)
+        (the non-zero ranks of a multi-GPU training run). An OSError inside becomes a StageIOError naming the
+        entry."""
+        entry = self.folder(stage, key)
+        try:
+            if self.exists(stage, key):
+                yield None
+                return
+            entry = self.partial(stage, key)
+            if not lock:
+                yield self.begin(stage, key)
+                return
+            with key_lock(self.root / ".locks" / stage / f"{key}.lock", f"{stage}/{key}"):
+                yield None if self.exists(stage, key) else self.begin(stage, key)
+        except OSError as exc:
+            # disk full, permission, read-only file system, a file removed under us: one line (the runner adds
+            # the stage). Only `commit` makes an entry complete, so what was being built stays `.partial`.
+            raise StageIOError(exc, str(entry)) from exc
 
     def begin(self, stage: str, key: str) -> Path:
         """The staging folder for a new entry (kept across a crash so that training can resume)."""

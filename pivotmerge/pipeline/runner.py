@@ -1,14 +1,18 @@
 """Runs the planned stages in order for every seed, reusing every cached output, and says what it reused and
-what it ran (`stages.json`, `run_info.json`, `resolved_config.yaml` in the run folder)."""
+what it ran (`stages.json`, `run_info.json`, `resolved_config.yaml` in the run folder). A file-system fault in
+a stage ends the run with one line naming the stage, the entry and the cause (`stage_faults`)."""
 from __future__ import annotations
 
 import json
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from pivotmerge.errors import StageIOError
 from pivotmerge.pipeline.artifacts import ArtifactStore, library_version
 from pivotmerge.pipeline.context import Context, StageLog
 from pivotmerge.pipeline.stages import plan
@@ -28,10 +32,11 @@ def run(cfg) -> Context:
     preflight.check(cfg)
     quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    configure_wandb_env(cfg)
     seeds = [int(s) for s in (cfg.seeds or [cfg.seed])]
-    write_run_info(cfg, output_dir, seeds)
+    with stage_faults("setup"):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        configure_wandb_env(cfg)
+        write_run_info(cfg, output_dir, seeds)
     started = time.perf_counter()
     log = StageLog()
     stages = plan(cfg.stages)
@@ -49,15 +54,32 @@ def run(cfg) -> Context:
             print(f"\n==== seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) ====", flush=True)
         for stage in stages:
             if stage.per_seed and (stage.all_ranks or global_rank() == 0):
-                stage.run(ctx)
+                with stage_faults(stage.name):
+                    stage.run(ctx)
     if global_rank() != 0:
         return ctx   # under ddp/fsdp the other ranks only join training
     for stage in stages:
         if not stage.per_seed:
-            stage.run(ctx)
-    (output_dir / "stages.json").write_text(json.dumps(log.rows, indent=2))
+            with stage_faults(stage.name):
+                stage.run(ctx)
+    with stage_faults("summary"):
+        (output_dir / "stages.json").write_text(json.dumps(log.rows, indent=2))
     print(f"\n{log.summary()} in {time.perf_counter() - started:.0f}s. Outputs: {output_dir}", flush=True)
     return ctx
+
+
+@contextmanager
+def stage_faults(name: str) -> Iterator[None]:
+    """An OSError in stage `name` (disk full, permission, read-only file system, a file removed by a concurrent
+    `make clean-cache`) becomes one StageIOError line naming the stage; a cache claim already named the entry."""
+    try:
+        yield
+    except StageIOError as exc:
+        if exc.stage is not None:
+            raise
+        raise StageIOError(exc.cause, exc.entry, name) from exc.cause
+    except OSError as exc:
+        raise StageIOError(exc, stage=name) from exc
 
 
 def write_run_info(cfg, output_dir: Path, seeds: list[int]) -> None:
