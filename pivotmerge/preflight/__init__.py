@@ -9,7 +9,9 @@ written to the cache. The checks, grouped by what they check:
 * `rules`: rules across keys - stages and step counts, seeds, the data-source adapters, the eval task names;
 * `merges`: the selected merge methods' options (each method runs once on a tiny synthetic problem, so the
   method's own validation is the rule);
-* `packages`: every package the run will import is importable.
+* `packages`: every package the run will import is importable;
+* `paths`: every folder the run writes (cache, models, outputs, W&B) can be created and written, and its file
+  system has room for what the planned stages write (a warning below the estimate, refused below a floor).
 
 Defaults are not repeated here: they live in conf/ only.
 """
@@ -17,6 +19,7 @@ from omegaconf import OmegaConf
 
 from pivotmerge.preflight.merges import check_merges
 from pivotmerge.preflight.packages import check_packages, required_modules
+from pivotmerge.preflight.paths import check_paths
 from pivotmerge.preflight.rules import (
     check_eval_tasks,
     check_integers,
@@ -38,6 +41,7 @@ def check(cfg, *, packages: bool = True) -> None:
     check_stages_and_steps(cfg)
     check_seeds(cfg)
     sources = check_sources(cfg)
+    check_paths(cfg)
     if cfg.report.only:
         return
     if any(s in cfg.stages for s in ("merge", "eval")):
