@@ -12,16 +12,38 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 
+def fail(exc: Exception) -> None:
+    """Every deliberate error ends the same way: one line on stderr, exit code 2."""
+    print(f"\nerror: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(config_path="pkg://pivotmerge.conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run_config(cfg: DictConfig) -> None:
     from pivotmerge.errors import PivotMergeError
     from pivotmerge.pipeline.runner import run
 
     try:
         run(cfg)
     except PivotMergeError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(exc)
+
+
+def main() -> None:
+    """Check the command line's config-group choices (Hydra's error would not list the names that exist), then
+    compose and run."""
+    from hydra._internal.utils import get_args_parser
+
+    from pivotmerge.errors import PivotMergeError
+    from pivotmerge.preflight.groups import check_group_choices
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    if args.config_dir is None and args.config_path is None:   # extra config folders: Hydra checks them
+        try:
+            check_group_choices(list(args.overrides))
+        except PivotMergeError as exc:
+            fail(exc)
+    run_config()
 
 
 if __name__ == "__main__":
