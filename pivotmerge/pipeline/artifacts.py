@@ -12,6 +12,8 @@ Safe under faults and parallel runs:
   entry is moved aside (`<key>.corrupt-<time>`) with one warning line and rebuilt.
 * keys include the versions of the libraries a stage's output depends on (`STAGE_LIBRARIES`), so an
   upgrade never silently serves results computed by another version.
+* a file-system fault while an entry is claimed (disk full, permission, read-only, a file removed by a
+  concurrent `make clean-cache`) is one `StageIOError` line naming the entry; it stays `.partial`.
 """
 from __future__ import annotations
 
