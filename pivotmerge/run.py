@@ -3,6 +3,7 @@
 `pkg://pivotmerge.conf`). See the README for experiments, sweeps and scale."""
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("PIVOTMERGE_HF_OFFLINE", "1"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ.get("PIVOTMERGE_HF_OFFLINE", "1"))
@@ -21,12 +22,14 @@ def fail(exc: Exception) -> None:
 @hydra.main(config_path="pkg://pivotmerge.conf", config_name="config", version_base="1.3")
 def run_config(cfg: DictConfig) -> None:
     from pivotmerge.errors import PivotMergeError
+    from pivotmerge.logs import run_log
     from pivotmerge.pipeline.runner import run
 
-    try:
-        run(cfg)
-    except PivotMergeError as exc:
-        fail(exc)
+    with run_log(Path(cfg.paths.output_dir) / "run.log"):   # the run folder keeps what the terminal showed
+        try:
+            run(cfg)
+        except PivotMergeError as exc:
+            fail(exc)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import random
+import sys
+import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -20,15 +22,45 @@ from pivotmerge.models.mllm import MLLM
 
 class StageProgressBar(L.pytorch.callbacks.TQDMProgressBar):
     """Steps of one training stage, named by it ("expert digits 34/60"), with the loss; no epoch counter
-    (a stage is a number of steps, so Lightning's "Epoch 0/-2" would only confuse)."""
+    (a stage is a number of steps, so Lightning's "Epoch 0/-2" would only confuse).
 
-    def __init__(self, label: str):
+    When stdout is not a terminal (`make run > f.log`, CI) a redrawn bar is carriage-return noise in a file,
+    so the bar is replaced by one plain line every `percent` % of the steps or every `every_s` seconds."""
+
+    def __init__(self, label: str, *, lines: bool | None = None, percent: int = 10, every_s: float = 60.0):
         super().__init__()
         self.label = label
+        self.lines = (not sys.stdout.isatty()) if lines is None else lines
+        self.percent, self.every_s = percent, every_s
+        self._last_pct = self._last_t = self._t0 = None
+
+    @property
+    def is_disabled(self) -> bool:   # Lightning creates its tqdm bars disabled when this is true
+        return super().is_disabled or self.lines
+
+    def on_train_start(self, trainer, *args) -> None:
+        super().on_train_start(trainer, *args)
+        self._t0 = self._last_t = time.monotonic()
+        self._last_pct = 0
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(self.label)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self.lines or self._t0 is None:
+            return
+        step, total = trainer.global_step, trainer.max_steps
+        now = time.monotonic()
+        pct = int(100 * step / total) if total and total > 0 else 0
+        if step != total and pct < self._last_pct + self.percent and now - self._last_t < self.every_s:
+            return
+        self._last_pct, self._last_t = pct - pct % self.percent, now
+        metrics = "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}"
+                          for k, v in self.get_metrics(trainer, pl_module).items())
+        elapsed = now - self._t0
+        print(f"{self.label}: step {step}/{total} ({pct}%){metrics}, {elapsed:.0f}s elapsed", flush=True)
 
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)
