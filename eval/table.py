@@ -5,6 +5,8 @@ Columns:
   benchmarks   each benchmark's primary metric, in-source benchmarks first (`pm_cls_<s>`, else `pm_mc_<s>`);
                accuracy-type values in %; per-source NLL benchmarks (`pm_nll_<s>`) are summarised in `NLL`.
   Average      mean over the %-columns.
+  In-source    mean over sources of the in-source benchmark (only where other %-columns make it differ from
+               Average, e.g. pm_easyvqa beside the per-view k-way tasks).
   Norm.        mean over sources of score(model, in-source s) / score(expert:s, in-source s), in %.
   % joint      mean over sources of score(model, in-source s) / score(joint, in-source s), in %: the joint
                projector of the same scenario (trained on the union) as the reference, defined in every regime.
@@ -34,7 +36,7 @@ LOWER_IS_BETTER = ("nll",)
 IN_SOURCE_PREFIXES = ("pm_cls_", "pm_mc_")   # first match is a source's in-source benchmark
 NLL_PREFIX = "pm_nll_"
 REFERENCE_MERGE = str(ModelId.merge("pivotmerge"))
-SUMMARY_COLUMNS = ("Average", "Norm.", "% joint", "Retention", "NLL")
+SUMMARY_COLUMNS = ("Average", "In-source", "Norm.", "% joint", "Retention", "NLL")
 
 
 @dataclass
@@ -216,6 +218,9 @@ def build_table(rows: list[dict], metric: str = "primary", reference: str = REFE
     for model in store.models:
         if (cell := _summary(store, model, percent, mean_over(model, percent))) is not None:
             summaries["Average"][model] = cell
+        own = list(in_source.values())
+        if own and set(own) != set(percent) and (cell := _summary(store, model, own, mean_over(model, own))):
+            summaries["In-source"][model] = cell
         if nll and (cell := _summary(store, model, list(nll.values()), mean_over(model, list(nll.values())))):
             summaries["NLL"][model] = cell
         if expert_ref:

@@ -22,7 +22,8 @@ def column_unit(table: Table, column: str) -> str:
     if column in table.metrics:
         unit = metric_unit(table.metrics[column])
         return "pct" if unit == "fraction" else unit
-    return {"Average": "pct", "Norm.": "pct", "% joint": "pct", "Retention": "pct", "NLL": "nats"}.get(column, "")
+    units = {"Average": "pct", "In-source": "pct", "Norm.": "pct", "% joint": "pct", "Retention": "pct", "NLL": "nats"}
+    return units.get(column, "")
 
 
 def format_cell(cell: Cell | None, plus_minus: str = " ±") -> str:
@@ -58,6 +59,8 @@ def legend(table: Table) -> str:
              "where there are no per-item values"]
     if table.average:
         parts.append("Average: over the %-columns")
+    if table.summaries.get("In-source"):
+        parts.append("In-source: mean over sources of the in-source benchmark")
     if table.normalized:
         parts.append("Norm.: in-source accuracy relative to the source's expert (%)")
     if table.summaries.get("% joint"):

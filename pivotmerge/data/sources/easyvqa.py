@@ -5,12 +5,12 @@ One image set, several caption *views*: `view: shape` labels each image by its s
 colour. Two experts trained on the two views see the same images and learn complementary things - the
 shared-input regime where conflicts cannot be told apart by the input subspace (shared/DESIGN.md).
 
-Only images whose questions tell both shape and colour are used (3,542 train / 880 test), so that every view
-has the same images. The package's own split is kept (`Example.group`): the test split is drawn from its test images only, train
-and val from its train images, in image-id order, independent of the view - so every view has exactly the
-same images in every split. Each image's shape and colour are read from the package's own questions
-("what is the blue shape?" -> rectangle, "what color is the shape?" -> blue); `test_questions()` gives the
-package's test questions unchanged for the `pm_easyvqa` benchmark.
+Only images whose questions tell both shape and colour are used (3,542 train / 880 test), so that every
+view has the same images. The package's own split is kept (`Example.group`): the test split is drawn from
+its test images only, train and val from its train images, in image-id order, independent of the view.
+Each image's shape and colour are read from the package's own questions and answers ("what is the blue
+shape?" -> rectangle: a blue rectangle); `test_questions()` gives the package's test questions unchanged
+for the `pm_easyvqa` benchmark.
 """
 from __future__ import annotations
 
