@@ -13,23 +13,39 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 
+def say(exc: Exception) -> None:
+    """Every deliberate error ends the same way: one line on stderr (then exit code 2)."""
+    try:
+        print(f"\nerror: {exc}", file=sys.stderr, flush=True)
+    except OSError:   # stderr also goes to run.log, on the disk that may have just filled: the console has the line
+        pass
+
+
 def fail(exc: Exception) -> None:
-    """Every deliberate error ends the same way: one line on stderr, exit code 2."""
-    print(f"\nerror: {exc}", file=sys.stderr)
+    say(exc)
     sys.exit(2)
 
 
 @hydra.main(config_path="pkg://pivotmerge.conf", config_name="config", version_base="1.3")
 def run_config(cfg: DictConfig) -> None:
-    from pivotmerge.errors import PivotMergeError
+    from pivotmerge.errors import PivotMergeError, StageIOError
     from pivotmerge.logs import run_log
     from pivotmerge.pipeline.runner import run
 
-    with run_log(Path(cfg.paths.output_dir) / "run.log"):   # the run folder keeps what the terminal showed
-        try:
-            run(cfg)
-        except PivotMergeError as exc:
-            fail(exc)
+    error = None
+    try:
+        with run_log(Path(cfg.paths.output_dir) / "run.log"):   # the run folder keeps what the terminal showed
+            try:
+                run(cfg)
+            except PivotMergeError as exc:
+                error = exc
+                say(exc)
+    except OSError as exc:   # run.log's own disk filled up or vanished: the console has every line
+        if error is None:
+            error = StageIOError(exc, stage="run log")
+            say(error)
+    if error is not None:
+        sys.exit(2)
 
 
 def main() -> None:

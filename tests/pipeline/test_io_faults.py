@@ -265,3 +265,35 @@ def test_read_only_mount_is_refused(run_py, mounted):
     assert result.code == 2 and len(result.errors) == 1, result
     assert f"config paths.cache_dir={disk}/cache: it cannot be created (in {disk}): Read-only file system" \
         in result.errors[0]
+
+
+def test_run_folder_disk_full_mid_stage(run_py, tmp_path, monkeypatch):
+    """The run folder's run.log (every printed line goes there too) on a disk that fills up during a stage."""
+    from pivotmerge import logs
+
+    class FillingFile:
+        def __init__(self, path, *args, **kwargs):
+            self.file = open(path, *args, **kwargs)
+
+        def write(self, text):
+            if "[    data]" in text:   # the data stage's first line: the disk is full from here on
+                self.write = self.full
+            return self.write(text)
+
+        def full(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "run.log")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(logs, "open", FillingFile, raising=False)
+    result = run_py()
+    assert result.code == 2 and len(result.errors) == 1, result
+    assert result.errors[0].startswith("error: stage data") and "No space left on device: 'run.log'" in result.errors[0]
+    assert all(artifacts.folder_problem(p) is None for p in complete_entries(tmp_path / "cache"))
