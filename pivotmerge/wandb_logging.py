@@ -7,6 +7,14 @@ entries its stage produced as outputs and declares as inputs the entries their s
 content keys of everything the entry was made from), plus the reused entries it read. So the lineage graph
 holds data -> features -> pivot -> experts -> merges -> evaluations -> results store -> table.
 
+Reused entries. The runs of one run folder are uploaded together (`sync_hint`), so a run folder must hold the
+lineage of everything its runs use: before a run declares an entry that no run of this folder has logged (a
+warm run reuses everything, a sweep reuses the experts), `link_cached` logs it - and, first, what it was made
+from - in one run per stage, `<stage>-from-cache-seed<seed>`, declaring each entry's inputs as the first
+run did. Same name, same digest: W&B keeps one version, whichever run logged it first. Roots (entries
+made from no other entry, e.g. data) need no such run: a use records them. The eval run also declares the
+projectors it scored, made or reused. `lineage.txt` next to the offline runs lists what this folder logged.
+
 Offline: `run.use_artifact` raises "Cannot use artifact when in offline mode" (wandb 0.25), so an offline
 run gets the record that online `use_artifact(<draft artifact>)` sends - the artifact, flagged user-created
 and use-after-commit - in its transaction log (`.wandb`); `wandb sync` replays it as a use of the version
@@ -62,8 +70,9 @@ def lightning_logger_factory(cfg):
     return make
 
 
-def start_run(cfg, job_type: str, name: str):
-    """A plain wandb run (features/merge/eval/report stages); None when disabled."""
+def start_run(cfg, job_type: str, name: str, *, reinit: str = "finish_previous"):
+    """A plain wandb run (features/merge/eval/report stages); None when disabled. `reinit="create_new"` leaves
+    a run that is still open (a training run's) as it is."""
     if not enabled(cfg):
         return None
     import wandb
@@ -72,7 +81,7 @@ def start_run(cfg, job_type: str, name: str):
     return wandb.init(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
                       group=str(cfg.logger.wandb.group), job_type=job_type, name=name,
                       dir=str(cfg.logger.wandb.dir), mode=str(cfg.logger.wandb.mode),
-                      config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
+                      config=OmegaConf.to_container(cfg, resolve=True), reinit=reinit)
 
 
 def sync_hint(cfg) -> str:
@@ -180,6 +189,56 @@ def use(run, artifact) -> None:
         run.use_artifact(artifact)
 
 
+# ---- what this run folder has logged (for link_cached) ----
+def _lineage_file(wandb_root: str | Path) -> Path:
+    """`<logger.wandb.dir>/wandb/lineage.txt`: beside the offline-run-* folders it describes."""
+    return Path(wandb_root) / "wandb" / "lineage.txt"
+
+
+def _run_root(run) -> Path:
+    return Path(run.dir).parents[2]     # <root>/wandb/<offline-run-...>/files
+
+
+def _logged(wandb_root) -> set[str]:
+    path = _lineage_file(wandb_root)
+    return set(path.read_text().split()) if path.is_file() else set()
+
+
+def _note_logged(run, names: Iterable[str]) -> None:
+    path = _lineage_file(_run_root(run))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.writelines(f"{name}\n" for name in names)
+
+
+def link_cached(store, entries: Iterable, wandb_root, start) -> None:
+    """Log the entries that `entries` are or were made from and that no run of this folder logged yet (module
+    docstring): one run per stage, in pipeline order, each declaring its entries' inputs. `start(stage, name)`
+    opens a run without closing one that is open."""
+    logged = _logged(wandb_root)
+    todo: dict = {}
+    seen: set = set()
+
+    def visit(entry) -> None:
+        if (entry.stage, entry.key) in seen:
+            return
+        seen.add((entry.stage, entry.key))
+        inputs = entry_inputs(store, _spec(entry))
+        for item in inputs:
+            visit(item)
+        if inputs and artifact_name(entry.stage, entry.key, entry_label(store, entry)) not in logged:
+            todo[(entry.stage, entry.key)] = entry
+
+    for entry in entries:
+        visit(entry)
+    for stage in ARTIFACT_TYPES:
+        group = [e for e in todo.values() if e.stage == stage]
+        if group:
+            run = start(stage, f"{stage}-from-cache")
+            log_produced(run, store, group)
+            run.finish()
+
+
 def declare_used(run, store, entries: Iterable) -> None:
     for entry in entries:
         use(run, cache_artifact(store, entry))
@@ -193,8 +252,14 @@ def log_produced(run, store, entries: Iterable) -> None:
         inputs.update({(e.stage, e.key): e for e in entry_inputs(store, _spec(entry))})
     produced = {(e.stage, e.key) for e in entries}
     declare_used(run, store, [e for k, e in inputs.items() if k not in produced])
-    for entry in entries:
-        run.log_artifact(cache_artifact(store, entry))
+    artifacts = [cache_artifact(store, entry) for entry in entries]
+    for artifact in artifacts:
+        run.log_artifact(artifact)
+    _note_logged(run, [a.name for a in artifacts])
+
+
+def spec_inputs(store, entries: Iterable) -> list:
+    return [item for entry in entries for item in entry_inputs(store, _spec(entry))]
 
 
 def _warn(what: str, exc: Exception) -> None:
@@ -203,18 +268,25 @@ def _warn(what: str, exc: Exception) -> None:
 
 
 def log_stage_run(cfg, store, job_type: str, name: str, entries: Iterable = (), *, link_reused: bool = False,
-                  outputs: Iterable = (), summary: dict | None = None) -> None:
+                  inputs: Iterable = (), outputs: Iterable = (), summary: dict | None = None) -> None:
     """One W&B run for a stage's work: the cache `entries` it made are logged as outputs (with the entries
-    their specs name as inputs); entries it reused from the cache are never logged again, and are declared
-    as inputs when `link_reused` (the stage read them). `outputs`: extra file artifacts; `summary`: the run's
-    summary values. No run when the stage made nothing."""
+    their specs name as inputs); entries it reused from the cache are not logged by it, and are declared
+    as inputs when `link_reused` (the stage read them). `inputs`: further entries it read. Whatever it
+    declares that this run folder has not logged is logged first (`link_cached`). `outputs`: extra file
+    artifacts; `summary`: the run's summary values. No run when the stage made nothing."""
     entries, outputs = list(entries), list(outputs)
     produced = [e for e in entries if not e.reused]
     if not enabled(cfg) or not (produced or outputs):
         return
+    used = ([e for e in entries if e.reused] if link_reused else []) + list(inputs)
     try:
+        seed, made_from = int(cfg.seed), spec_inputs(store, produced)
+        link_cached(store, used + made_from, cfg.logger.wandb.dir,
+                    lambda stage, run_name: start_run(cfg, stage, f"{run_name}-seed{seed}", reinit="create_new"))
         run = start_run(cfg, job_type, name)
-        declare_used(run, store, [e for e in entries if e.reused] if link_reused else [])
+        declared = {(e.stage, e.key) for e in produced + made_from}    # log_produced declares those
+        declare_used(run, store, list({(e.stage, e.key): e for e in used if (e.stage, e.key) not in declared}
+                                      .values()))
         log_produced(run, store, produced)
         for artifact in outputs:
             run.log_artifact(artifact)
@@ -236,7 +308,7 @@ def log_eval_run(cfg, store, models: dict, evaluated: dict, scores: dict, result
         summary[f"{model}/projector"] = artifact_name(entry.stage, entry.key, entry_label(store, entry))
         summary.update({f"{model}/{benchmark}": value for benchmark, value in values.items()})
     log_stage_run(cfg, store, "eval", f"eval-seed{int(cfg.seed)}", evaluated.values(), link_reused=True,
-                  outputs=[results_artifact(results_dir)], summary=summary)
+                  inputs=[models[m] for m in evaluated], outputs=[results_artifact(results_dir)], summary=summary)
 
 
 def log_training_output(logger, store, entry) -> None:
@@ -249,6 +321,14 @@ def log_training_output(logger, store, entry) -> None:
     if not isinstance(run, wandb.Run):   # the placeholder of a rank > 0
         return
     try:
+        seed = re.search(r"-seed\d+$", run.name or "")
+
+        def start(stage: str, name: str):   # beside the open training run, in its project, group and folder
+            return wandb.init(project=run.project, entity=run.entity, group=run.group, job_type=stage,
+                              name=name + (seed.group(0) if seed else ""), dir=str(_run_root(run)),
+                              mode="offline" if run.offline else "online", reinit="create_new")
+
+        link_cached(store, spec_inputs(store, [entry]), _run_root(run), start)
         log_produced(run, store, [entry])
     except Exception as exc:  # noqa: BLE001 - see _warn
         _warn(f"{entry.stage} {entry.key}", exc)
