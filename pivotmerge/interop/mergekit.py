@@ -51,7 +51,7 @@ _TASK = frozenset({"weight", "density", "normalize", "rescale", "int8_mask", "la
 # mergekit merge_method -> pivotmerge method; mergekit's defaults (its registry) next to it
 METHODS: dict[str, Method] = {
     "linear": Method("average", normalize=True, rescale=False, sparsify=None, elect=False,
-                     parameters=frozenset({"weight", "normalize"})),
+                     parameters=frozenset({"weight", "normalize", "int8_mask"})),
     "task_arithmetic": Method("task_arithmetic", False, False, None, False, _TASK),
     "ties": Method("ties", True, False, "magnitude", True, _TASK),
     "dare_linear": Method("dare_ta", False, True, "random", False, _TASK),
