@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from pivotmerge.data.sources.base import DataSource, Example
-from pivotmerge.errors import ConfigError, DataError
+from pivotmerge.errors import ConfigError, DataError, PivotMergeError
 from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 
 SPLITS = ("train", "val", "test", "pool")
@@ -26,8 +26,11 @@ class SplitSizes:
 def build_source(source_cfg) -> DataSource:
     try:
         source = instantiate(source_cfg)
-    except Exception as exc:  # hydra wraps import errors and bad kwargs in its own exceptions
-        raise ConfigError(f"cannot build data source from {source_cfg.get('_target_')!r}: {exc}") from exc
+    except Exception as exc:  # hydra wraps import errors, bad kwargs and the adapter's own checks
+        if isinstance(exc.__cause__, PivotMergeError):   # the adapter's own one-line message
+            raise ConfigError(str(exc.__cause__)) from exc
+        raise ConfigError(f"cannot build data source from {source_cfg.get('_target_')!r}: "
+                          f"{str(exc).splitlines()[0]}") from exc
     if not isinstance(source, DataSource):
         raise ConfigError(f"{source_cfg.get('_target_')!r} is not a DataSource adapter")
     return source

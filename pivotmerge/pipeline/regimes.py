@@ -83,8 +83,9 @@ def write_map(cfg, run_dir: Path, names: list[str]):
     from eval.store import RESULTS_DIR, read_rows
 
     rows = {name: read_rows([run_dir / REGIMES_DIR / name / RESULTS_DIR]) for name in names}
+    notes = cfg.get("regime_notes")
     regime_map = build_regime_map({name: r for name, r in rows.items() if r},
-                                  descriptions=OmegaConf.to_container(cfg.get("regime_notes") or {}, resolve=True))
+                                  descriptions=OmegaConf.to_container(notes, resolve=True) if notes else {})
     out = Path(cfg.paths.output_dir) / "report"
     paths = write_regime_map(regime_map, out)
     print(f"[  regime] map of {len(regime_map.regimes)} regime(s): {paths['md']}", flush=True)

@@ -23,8 +23,13 @@ RESULT_SHAPING_PACKAGES = ("torch", "transformers", "lightning", "lmms-eval", "d
                            "peft", "safetensors")
 
 
-def run(cfg) -> Context:
-    """Run the configured stages for every seed in `cfg.seeds` (or `cfg.seed`), then the report once."""
+def run(cfg, mllm=None) -> Context:
+    """Run the configured stages for every seed in `cfg.seeds` (or `cfg.seed`), then the report once; with
+    `regimes`, once per regime (pivotmerge/pipeline/regimes.py). `mllm`: a loaded model to reuse."""
+    if cfg.get("regimes"):
+        from pivotmerge.pipeline.regimes import run_regimes
+
+        return run_regimes(cfg, run)
     from pivotmerge import preflight
     from pivotmerge.logs import quiet_libraries
     from pivotmerge.wandb_logging import configure_wandb_env
@@ -47,7 +52,7 @@ def run(cfg) -> Context:
         with open_dict(seed_cfg):
             seed_cfg.seed = seed
         ctx = Context(cfg=seed_cfg, store=ArtifactStore(cfg.paths.cache_dir), log=log, output_dir=output_dir,
-                      _mllm=ctx._mllm if ctx is not None else None)
+                      _mllm=ctx._mllm if ctx is not None else mllm)
         if report_only:
             break
         if len(seeds) > 1:
