@@ -1,13 +1,15 @@
 """Which projector a result belongs to: the pivot, an expert, the joint projector or a merged one.
 
 Results stores, tables, reports and W&B name a model by `str(ModelId)` - "pivot", "joint", "expert:<source>",
-"merge:<method>" - and read it back with `ModelId.parse`; this is the only place that knows that spelling.
+"merge:<method>", and "sft:<model>" for a model after the instruction-tuning stage (LLaVA stage 2,
+pivotmerge/pipeline/sft.py), e.g. "sft:merge:ties" - and read it back with `ModelId.parse`; this is the only
+place that knows that spelling.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("pivot", "expert", "joint", "merge")   # also the order of the rows of a table
+KINDS = ("pivot", "expert", "joint", "merge", "sft")   # also the order of the rows of a table
 
 
 @dataclass(frozen=True, order=False)
@@ -18,8 +20,11 @@ class ModelId:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"model kind must be one of {KINDS}, got {self.kind!r}")
-        if (self.kind in ("expert", "merge")) != bool(self.name):
-            raise ValueError(f"{self.kind!r} models {'need' if self.kind in ('expert', 'merge') else 'have no'} name")
+        named = self.kind in ("expert", "merge", "sft")
+        if named != bool(self.name):
+            raise ValueError(f"{self.kind!r} models {'need' if named else 'have no'} name")
+        if self.kind == "sft" and (ModelId.parse(self.name) is None or self.name.startswith("sft:")):
+            raise ValueError(f"'sft' names a stage-1 model (pivot, joint, expert:<s>, merge:<m>), got {self.name!r}")
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}" if self.name else self.kind
@@ -40,6 +45,16 @@ class ModelId:
     @classmethod
     def merge(cls, method: str) -> ModelId:
         return cls("merge", method)
+
+    @classmethod
+    def sft(cls, model) -> ModelId:
+        """`model` (a stage-1 model name or id) after instruction tuning."""
+        return cls("sft", str(model))
+
+    @property
+    def base(self) -> ModelId:
+        """The stage-1 model an `sft` model was tuned from (itself for any other kind)."""
+        return ModelId.parse(self.name) if self.kind == "sft" else self
 
     @property
     def rank(self) -> int:

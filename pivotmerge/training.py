@@ -70,18 +70,29 @@ class StageProgressBar(L.pytorch.callbacks.TQDMProgressBar):
 
 @dataclass
 class CaptionSource:
-    """A source's cached train features with the caption templates that turn labels into text."""
+    """A source's cached train features with the caption templates that turn labels into text.
+
+    `prompts`: each row's own user turn (instruction tuning, LLaVA stage 2: the row's question, its label the
+    answer); None: the user turn is one of the run's instructions, drawn per sample (stage 1)."""
 
     name: str
     features: torch.Tensor  # [N, T, D]
     labels: list[str]
     templates: list[str]
     weight: float = 1.0
+    prompts: list[str] | None = None
 
     def __post_init__(self):
         if self.features.shape[0] == 0 or len(self.labels) != self.features.shape[0]:
             raise DataError(f"source {self.name!r} has {self.features.shape[0]} feature rows and "
                             f"{len(self.labels)} labels: nothing to train on")
+        if self.prompts is not None and len(self.prompts) != len(self.labels):
+            raise DataError(f"source {self.name!r} has {len(self.prompts)} prompts for {len(self.labels)} rows")
+
+    def text(self, row: int, template: int, instructions: list[str], instruction: int) -> tuple[str, str]:
+        """(user turn, answer) of one planned sample."""
+        user = self.prompts[row] if self.prompts is not None else instructions[instruction]
+        return user, self.templates[template].format(label=self.labels[row])
 
 
 class PlannedCaptions(Dataset):
@@ -96,7 +107,7 @@ class PlannedCaptions(Dataset):
                  instructions: list[str], offset: int = 0):
         self.mllm, self.sources, self.plan, self.instructions = mllm, sources, plan, instructions
         self.offset = offset
-        self._text_cache: dict[tuple[int, str, int, int], tuple[list[int], int]] = {}
+        self._text_cache: dict[tuple[str, str], tuple[list[int], int]] = {}
 
     def __len__(self):
         return len(self.plan)
@@ -104,11 +115,10 @@ class PlannedCaptions(Dataset):
     def __getitem__(self, i):
         source_index, row, template, instruction = self.plan[(i + self.offset) % len(self.plan)]
         source = self.sources[source_index]
-        label = source.labels[row]
-        key = (source_index, label, template, instruction)
+        user, answer = source.text(row, template, self.instructions, instruction)
+        key = (user, answer)
         if key not in self._text_cache:
-            caption = source.templates[template].format(label=label)
-            self._text_cache[key] = self.mllm.encode_text(self.instructions[instruction], caption)
+            self._text_cache[key] = self.mllm.encode_text(user, answer)
         return source.features[row], self._text_cache[key]
 
 
@@ -171,11 +181,15 @@ class CaptionDataModule(L.LightningDataModule):
 class ProjectorAlignment(L.LightningModule):
     """Trains `mllm.projector` with the caption (next-token) loss; everything else stays frozen."""
 
-    def __init__(self, mllm: MLLM, *, lr: float, weight_decay: float, warmup_ratio: float, max_steps: int):
+    def __init__(self, mllm: MLLM, *, lr: float, weight_decay: float, warmup_ratio: float, max_steps: int,
+                 extra: tuple[list[torch.nn.Parameter], float] | None = None):
+        """`extra`: (parameters, their lr) trained beside the projector, e.g. LoRA adapters of the LLM in
+        instruction tuning (pivotmerge/pipeline/sft_lora.py); checkpoints keep them."""
         super().__init__()
         self.mllm = mllm
         self.lr, self.weight_decay, self.warmup_ratio, self.max_steps = lr, weight_decay, warmup_ratio, max_steps
-        self.strict_loading = False  # checkpoints hold the projector only
+        self.extra = extra
+        self.strict_loading = False  # checkpoints hold the projector (and `extra`) only
         self.val_losses: list[float] = []
 
     def training_step(self, batch, _):
@@ -188,8 +202,10 @@ class ProjectorAlignment(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["features"].shape[0])
 
     def configure_optimizers(self):
-        params = [p for p in self.mllm.projector.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        groups = [{"params": [p for p in self.mllm.projector.parameters() if p.requires_grad], "lr": self.lr}]
+        if self.extra is not None:
+            groups.append({"params": list(self.extra[0]), "lr": self.extra[1]})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         warmup = max(1, int(self.warmup_ratio * self.max_steps))
 
         def schedule(step):
@@ -203,5 +219,7 @@ class ProjectorAlignment(L.LightningModule):
                                  "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
+        extra = {id(p) for p in self.extra[0]} if self.extra is not None else set()
+        extra_names = {name for name, p in self.named_parameters() if id(p) in extra}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if k.startswith("mllm.projector.")}
+                                    if k.startswith("mllm.projector.") or k in extra_names}

@@ -37,7 +37,8 @@ from pivotmerge.errors import CacheError, StageIOError
 
 # Bump a stage's version when its code changes what it writes: old entries then stop matching.
 STAGE_VERSIONS = {"data": 2, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2,
-                  "eval_suite": 2, "stats": 1, "fisher": 1, "lmc": 1}
+                  "eval_suite": 2, "stats": 1, "fisher": 1, "lmc": 1,
+                  "sft": 1}
 MANIFEST = "manifest.json"
 # Distributions whose version shapes each stage's output (part of its key).
 STAGE_LIBRARIES = {
@@ -46,6 +47,7 @@ STAGE_LIBRARIES = {
     "pivot": ("torch", "transformers", "lightning"),
     "expert": ("torch", "transformers", "lightning"),
     "joint": ("torch", "transformers", "lightning"),
+    "sft": ("torch", "transformers", "lightning", "peft"),
     "merge": ("torch",),
     "select": ("torch", "transformers"),
     "stats": ("torch", "transformers"),

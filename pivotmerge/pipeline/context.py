@@ -46,6 +46,7 @@ class Context:
     joint: Artifact | None = None
     merged: dict[str, Artifact] = field(default_factory=dict)
     merge_experts: list[str] = field(default_factory=list)
+    sft: dict[str, Artifact] = field(default_factory=dict)            # stage-1 model name -> its tuned projector
     _mllm: object = None
 
     @property
@@ -73,6 +74,7 @@ class Context:
         if self.joint is not None:
             rows[str(JOINT)] = self.joint
         rows.update({str(ModelId.expert(k)): v for k, v in self.experts.items()})
+        rows.update({str(ModelId.sft(k)): v for k, v in self.sft.items()})
         return rows
 
     def logger_factory(self):

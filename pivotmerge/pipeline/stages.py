@@ -29,6 +29,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("pivot", "pivotmerge.pipeline.pivot", ("features",), all_ranks=True),
     Stage("experts", "pivotmerge.pipeline.experts", ("pivot",), all_ranks=True),
     Stage("merge", "pivotmerge.pipeline.merge", ("experts",)),
+    Stage("sft", "pivotmerge.pipeline.sft", ("merge",)),   # LLaVA stage 2 after merging (experiment=stage2)
     Stage("eval", "eval.stage", ("experts",)),
     Stage("report", "eval.report", per_seed=False),
 )

@@ -1,4 +1,5 @@
-"""Stages 3-4 (pivot, experts) and the joint reference: projector alignment runs, cached by content key."""
+"""Stages 3-4 (pivot, experts), the joint reference and stage 2 (sft): projector training runs, cached by
+content key."""
 from __future__ import annotations
 
 import json
@@ -60,8 +61,9 @@ def seeded_projector(mllm, seed: int) -> dict[str, torch.Tensor]:
 
 def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, *, mllm, init_state,
                        train: list[CaptionSource], val: list[CaptionSource], train_cfg, seed: int,
-                       instructions: list[str], logger_factory=None) -> Artifact:
-    """Train the projector from `init_state` for `train_cfg.steps` steps; resume from a partial run.
+                       instructions: list[str], logger_factory=None, lora=None) -> Artifact:
+    """Train the projector from `init_state` for `train_cfg.steps` steps; resume from a partial run. `lora`
+    (a pipeline/sft_lora.LoraRecipe): LoRA adapters on the LLM train too and are saved in the entry.
 
     The cache key is claimed for the whole run: another process asking for the same projector waits and
     then reuses it. Under ddp/fsdp only rank 0 claims (the other ranks train alongside it)."""
@@ -73,7 +75,7 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
             return Artifact(stage, key, store.folder(stage, key), reused=True)
         return _train(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state, train=train,
                       val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
-                      logger_factory=logger_factory)
+                      logger_factory=logger_factory, lora=lora)
 
 
 def _resumable_checkpoint(last: Path) -> int | None:
@@ -91,18 +93,37 @@ def _resumable_checkpoint(last: Path) -> int | None:
 
 
 def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, staging: Path, *, mllm,
-           init_state, train, val, train_cfg, seed: int, instructions: list[str], logger_factory) -> Artifact:
+           init_state, train, val, train_cfg, seed: int, instructions: list[str], logger_factory,
+           lora=None) -> Artifact:
+    if lora is None:
+        return _train_attached(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state,
+                               train=train, val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
+                               logger_factory=logger_factory)
+    reuse = mllm.reuse_head_kv
+    with lora.attached(mllm.llm) as params:
+        try:
+            return _train_attached(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state,
+                               train=train, val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
+                                   logger_factory=logger_factory, extra=(params, lora.lr))
+        finally:
+            mllm.reuse_head_kv = reuse   # the LLM is its frozen self again once the adapters are off
+
+
+def _train_attached(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, staging: Path, *, mllm,
+                    init_state, train, val, train_cfg, seed: int, instructions: list[str], logger_factory,
+                    extra=None) -> Artifact:
     steps = int(train_cfg.steps)
     mllm.projector.load_state_dict(init_state)
     metrics: dict = {"name": name, "steps": steps, "seed": seed}
     if steps > 0:
-        mllm.reuse_head_kv = "fsdp" not in str(train_cfg.strategy).lower()
+        # the cached chat-prefix keys/values are the frozen LLM's: not with FSDP, nor when LoRA changes the LLM
+        mllm.reuse_head_kv = "fsdp" not in str(train_cfg.strategy).lower() and extra is None
         L.seed_everything(seed, workers=True, verbose=False)
         datamodule = CaptionDataModule(mllm, train, val, batch_size=int(train_cfg.batch_size), max_steps=steps,
                                        seed=seed, instructions=instructions,
                                        val_samples=int(train_cfg.val_samples))
         module = ProjectorAlignment(mllm, lr=float(train_cfg.lr), weight_decay=float(train_cfg.weight_decay),
-                                    warmup_ratio=float(train_cfg.warmup_ratio), max_steps=steps)
+                                    warmup_ratio=float(train_cfg.warmup_ratio), max_steps=steps, extra=extra)
         checkpoint_dir = staging / "checkpoints"
         last = checkpoint_dir / "last.ckpt"
         callbacks = [L.pytorch.callbacks.ModelCheckpoint(
@@ -136,22 +157,28 @@ def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, st
     if steps > 0 and trainer.world_size > 1:
         # Multi-process strategies (ddp/fsdp): every rank holds the same projector; rank 0 commits.
         if trainer.global_rank == 0:
-            _save_and_commit(store, stage, key, spec, staging, mllm, metrics)
+            _save_and_commit(store, stage, key, spec, staging, mllm, metrics, lora=extra is not None)
         trainer.strategy.barrier()
         artifact = Artifact(stage, key, store.folder(stage, key), reused=False)
     else:
-        artifact = Artifact(stage, key, _save_and_commit(store, stage, key, spec, staging, mllm, metrics),
-                            reused=False)
+        artifact = Artifact(stage, key, _save_and_commit(store, stage, key, spec, staging, mllm, metrics,
+                                                         lora=extra is not None), reused=False)
     if steps > 0:
         log_training_output(trainer.logger, store, artifact)   # the projector is the run's output
     return artifact
 
 
-def _save_and_commit(store, stage, key, spec, staging, mllm, metrics) -> Path:
+def _save_and_commit(store, stage, key, spec, staging, mllm, metrics, lora: bool = False) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in mllm.projector.state_dict().items()}
     save_file(state, str(staging / PROJECTOR_FILE))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return store.commit(stage, key, spec, keep=(PROJECTOR_FILE, "metrics.json"))
+    keep = (PROJECTOR_FILE, "metrics.json")
+    if lora:
+        from pivotmerge.pipeline.sft_lora import LORA_FILE, lora_state
+
+        save_file(lora_state(mllm.llm), str(staging / LORA_FILE))
+        keep += (LORA_FILE,)
+    return store.commit(stage, key, spec, keep=keep)
 
 
 def _metric(trainer, name: str):
@@ -162,9 +189,7 @@ def _metric(trainer, name: str):
 def _mean_tokens(mllm, datamodule) -> float:
     """Average sequence length (prefix + visual + text) over the first batches of the plan."""
     sample = [datamodule.train_sources[s].features.shape[1] +
-              len(mllm.encode_text(datamodule.instructions[i],
-                                   datamodule.train_sources[s].templates[t].format(
-                                       label=datamodule.train_sources[s].labels[r]))[0])
+              len(mllm.encode_text(*datamodule.train_sources[s].text(r, t, datamodule.instructions, i))[0])
               for s, r, t, i in datamodule.plan[:64]]
     return mllm.num_head_tokens + sum(sample) / len(sample)
 

@@ -24,6 +24,7 @@ from pivotmerge.preflight.rules import (
     check_eval_tasks,
     check_integers,
     check_seeds,
+    check_sft,
     check_sources,
     check_stages_and_steps,
 )
@@ -47,6 +48,7 @@ def check(cfg, *, packages: bool = True) -> None:
     if any(s in cfg.stages for s in ("merge", "eval")):
         check_merges(cfg, len(sources) if cfg.get("num_experts_merged") is None else int(cfg.num_experts_merged))
     check_eval_tasks(cfg, sources)
+    check_sft(cfg)
     if packages:
         # required_modules looked up here, at call time: tests replace pivotmerge.preflight.required_modules
         check_packages(cfg, sources, required_modules(cfg))

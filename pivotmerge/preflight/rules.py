@@ -103,4 +103,27 @@ def check_eval_tasks(cfg, sources: list[str]) -> None:
                        f"available: {', '.join(available)}")
 
 
-__all__ = ["check_eval_tasks", "check_integers", "check_seeds", "check_sources", "check_stages_and_steps"]
+def check_sft(cfg) -> None:
+    """Instruction tuning (stage `sft`): it selects known model kinds and LoRA targets known linear layers."""
+    from pivotmerge.pipeline.sft_lora import LORA_MODULES
+    from pivotmerge.pipeline.stages import plan
+
+    if cfg.report.only or "sft" not in [stage.name for stage in plan(list(cfg.stages))]:
+        return
+    sft = cfg.sft
+    kinds = ("pivot", "joint", "merge", "expert")
+    bad = [k for k in sft.models if k not in kinds]
+    if bad or not len(sft.models):
+        raise fail("sft.models", sft.models, f"names unknown model kind(s) {bad}" if bad else "is empty",
+                   f"kinds: {', '.join(kinds)}")
+    unknown = [m for m in sft.lora.target_modules if m not in LORA_MODULES]
+    if unknown or not len(sft.lora.target_modules):
+        raise fail("sft.lora.target_modules", sft.lora.target_modules,
+                   f"names unknown module(s) {unknown}" if unknown else "is empty",
+                   f"the LLM's linear layers: {', '.join(LORA_MODULES)}")
+    if sft.llm == "lora" and "eval" in cfg.stages:
+        raise fail("sft.llm", sft.llm, "cannot be evaluated yet: the eval stage swaps projectors only, not the "
+                   "LLM's LoRA weights", "sft.llm=frozen, or stages without eval to train and keep the adapters")
+
+
+__all__ = ["check_eval_tasks", "check_integers", "check_seeds", "check_sft", "check_sources", "check_stages_and_steps"]

@@ -137,6 +137,34 @@ class MergeSearchSchema:
 
 
 @dataclass
+class SftLoraSchema:
+    r: int = rule(ge=1)
+    alpha: float = rule(gt=0.0)
+    dropout: float = rule(ge=0.0, lt=1.0)
+    lr: float = rule(gt=0.0)
+    target_modules: list[str] = rule()
+
+
+@dataclass
+class SftDataSchema:
+    rows_per_source: int = rule(ge=1)
+    easyvqa_questions: bool = rule()
+    questions: dict | None = rule()
+
+
+@dataclass
+class SftSchema:
+    models: list[str] = rule()
+    steps: int = rule(ge=1, fix="instruction tuning needs a budget, e.g. sft.steps=60; leave sft out of `stages` "
+                              "for none")
+    lr: float = rule(gt=0.0)
+    seed: int = rule()
+    llm: str = rule(choices=("frozen", "lora"))
+    lora: SftLoraSchema = rule()
+    data: SftDataSchema = rule()
+
+
+@dataclass
 class RunSchema:
     seed: int = rule()
     seeds: list[int] | None = rule()
@@ -150,6 +178,7 @@ class RunSchema:
     calibration: CalibrationSchema = rule()
     merge_search: MergeSearchSchema = rule()
     merge_diagnostics: MergeDiagnosticsSchema = rule()
+    sft: SftSchema = rule()
 
 
 # ---- the generic checker -----------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""`sft.llm=lora`: LoRA adapters (peft) on the shared LLM for the length of one instruction tuning.
+
+The pipeline shares one MLLM between stages and models, so the adapters are attached for one training run
+and taken off afterwards (the LLM's own weights are never changed); their trained weights are saved beside the
+projector as `lora.safetensors` in the `sft/<key>` entry.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+LORA_FILE = "lora.safetensors"
+ADAPTER = "sft"
+# The linear layers of the Llama-family decoders this project loads (SmolLM2, Qwen2, Vicuna/LLaVA-1.5): the
+# names `sft.lora.target_modules` may use; the preflight refuses any other before a run starts.
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraRecipe:
+    r: int
+    alpha: float
+    dropout: float
+    lr: float
+    target_modules: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, node) -> LoraRecipe:
+        return cls(int(node.r), float(node.alpha), float(node.dropout), float(node.lr),
+                   tuple(str(m) for m in node.target_modules))
+
+    @contextmanager
+    def attached(self, llm: torch.nn.Module) -> Iterator[list[torch.nn.Parameter]]:
+        """The LoRA parameters, trainable, while the block runs; the LLM is as before afterwards."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                            target_modules=list(self.target_modules), bias="none")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)   # the adapters' own init, the same for every projector tuned
+            inject_adapter_in_model(config, llm, adapter_name=ADAPTER)
+        params = [p for name, p in llm.named_parameters() if "lora_" in name]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            yield params
+        finally:
+            detach(llm)
+
+
+def lora_state(llm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in llm.named_parameters() if "lora_" in name}
+
+
+def detach(llm: torch.nn.Module) -> None:
+    """Replace every LoRA-wrapped layer by the layer it wraps."""
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = [(name, module) for name, module in llm.named_modules() if isinstance(module, LoraLayer)]
+    for name, module in wrapped:
+        parent_name, _, child = name.rpartition(".")
+        parent = llm.get_submodule(parent_name) if parent_name else llm
+        setattr(parent, child, module.get_base_layer())
