@@ -62,6 +62,7 @@ def planned_task_names(options: dict, sources: list[str]) -> list[str]:
         names.append("pm_cross_mc")
     if "vqa" in kinds:
         names += list(dict.fromkeys(t for t in map(vqa_task, sources) if t))
+        names += [f"pm_vqa_{s}" for s in sources if s in (options.get("vqa_questions") or {})]
     return names
 
 
@@ -225,8 +226,10 @@ def _cross(sources: list[SuiteSource], options: dict) -> dict[str, list[dict]]:
 
 def _vqa(sources: list[SuiteSource], options: dict) -> dict[str, list[dict]]:
     """A source's own test questions, unchanged, k-way over its answer vocabulary (easy-VQA: 13 answers);
-    `items_per_task` questions drawn at random from those on the test images."""
-    tasks = {}
+    `items_per_task` questions drawn at random from those on the test images. Then `pm_vqa_<source>` for the
+    sources of `vqa_questions`: one of its questions per test image (seeded), k-way over the source's labels -
+    the questions instruction tuning asks about TRAIN images (pivotmerge/pipeline/sft.py), here on test ones."""
+    tasks = _source_questions(sources, options)
     for source in sources:
         name = vqa_task(source.name)
         if name is None or name in tasks or not source.questions:
@@ -238,6 +241,22 @@ def _vqa(sources: list[SuiteSource], options: dict) -> dict[str, list[dict]]:
             question, answer, index = source.questions[pick]
             row = _row(source, index, question, source.answers, source.answers.index(answer))
             rows.append({**row, "label": answer, "category": name})
+        tasks[name] = rows
+    return tasks
+
+
+def _source_questions(sources: list[SuiteSource], options: dict) -> dict[str, list[dict]]:
+    tasks = {}
+    asked = options.get("vqa_questions") or {}
+    for source in sources:
+        if not asked.get(source.name):
+            continue
+        name = f"pm_vqa_{source.name}"
+        rng, vocab = _rng(options, name), _labelled(source, "question answering")
+        rows = []
+        for index in range(min(int(options["items_per_task"]), len(source.images))):
+            row = _row(source, index, rng.choice(list(asked[source.name])), vocab, vocab.index(source.labels[index]))
+            rows.append({**row, "category": name})
         tasks[name] = rows
     return tasks
 

@@ -32,6 +32,8 @@ Benchmarks of the embedded suite (names unique, prefixed `pm_`):
                    between the two sources' images: no single-source expert covers it alone.
   pm_easyvqa       easy-VQA's own test questions, unchanged, k-way over its 13 answers (kind `vqa`; made
                    when an easy-VQA source is in the scenario, once for all its caption views).
+  pm_vqa_<source>  a question of `vqa_questions[source]` ("What digit is this?") about each test image, k-way
+                   over the source's labels (kind `vqa`; the benchmark of instruction-tuned models, stage 2).
 """
 from __future__ import annotations
 
@@ -107,6 +109,7 @@ class EmbeddedSuite:
     mme_question: str
     open_questions: dict[str, str] | None
     cross_pairs: list[list[str]] | None
+    vqa_questions: dict[str, list[str]] | None
     needs_vision = False    # the suite's images are the test splits, whose features are cached
 
     def __post_init__(self):
@@ -118,8 +121,12 @@ class EmbeddedSuite:
 
     @property
     def settings(self) -> dict:
-        """The options as one dict (in the suite's cache key and suite.json)."""
-        return {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values()}
+        """The options as one dict (in the suite's cache key and suite.json). An unset `vqa_questions` is left
+        out, so that suites made before the option existed - and every evaluation keyed by them - stay valid."""
+        options = {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values()}
+        if options["vqa_questions"] is None:
+            del options["vqa_questions"]
+        return options
 
     def task_names(self, sources: list[str]) -> list[str]:
         return planned_task_names(self.settings, sources)
@@ -197,7 +204,8 @@ def code_fingerprint() -> str:
 
 def _task_yaml(name: str, kind: str, categories: list[str]) -> str:
     template = {"cls": "_template_mc", "nll": "_template_nll", "mc": "_template_mc", "cross": "_template_mc",
-                "pope": "_template_pope", "mme": "_template_mme", "open": "_template_open"}[kind]
+                "pope": "_template_pope", "mme": "_template_mme", "open": "_template_open",
+                "vqa": "_template_mc"}[kind]
     lines = [f"include: {template}", f"task: {name}", "dataset_kwargs:", "  data_files:",
              f"    test: {name}.parquet"]
     if kind == "mme":

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.plots import plot_bars  # noqa: E402
+from eval.stage2 import section as stage2_section  # noqa: E402
 from eval.store import read_rows  # noqa: E402
 from eval.table import build_table  # noqa: E402
 from eval.writers import to_markdown  # noqa: E402
@@ -196,6 +197,7 @@ def section(title: str, command: str, store: Path, figures: Path, slug: str) -> 
                      f"experiment runs (seeds {missing} not yet run)"
                      + ("; every ± above is over the items of that one seed." if len(seeds) == 1 else "."))
     parts += [f"- {line}" for line in findings(table)]
+    parts += stage2_section(rows, figures, slug)   # experiment=stage2: the ranking before and after tuning
     heldouts = sorted(store.parent.parent.glob("*/heldout_loss.md"), key=lambda p: p.parent.name)
     heldout = heldouts[-1] if heldouts else None
     if heldout is not None:
