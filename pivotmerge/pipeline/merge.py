@@ -4,7 +4,12 @@
 registry, pivotmerge/merging/registry.py). A method gets the keyword arguments of
 `registry.NON_OPTIONS` that its signature accepts: `diagnostics`; `calibration` (each expert's statistics
 from its source's TRAIN split, pivotmerge/pipeline/calibration.py); `calibration_loss` (the caption loss of
-fixed VAL rows). Test data never reaches a merge. With `merge_diagnostics.lmc` the stage also measures the
+fixed rows of `calibration.loss_split`, TRAIN by default). VAL rows serve the option search only
+(`merge_search`, the same budget for every method); test data never reaches a merge.
+
+Before a method runs, the experts are mapped into the pivot's frame by `align` (none | weights |
+activations; the run's `align`, or the method's own `align` key, e.g. a merge_variants entry):
+pivotmerge/merging/align.py. With `merge_diagnostics.lmc` the stage also measures the
 loss barriers between pivot and experts (pivotmerge/pipeline/lmc.py).
 """
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from safetensors.torch import save_file
 
 from pivotmerge.errors import ConfigError
@@ -27,28 +32,28 @@ from pivotmerge.pipeline.train import PROJECTOR_FILE
 from pivotmerge.wandb_logging import log_stage_run
 
 
-def calibration_batch(ctx, per_source: int) -> dict[str, torch.Tensor]:
-    """Fixed val rows of every source, first caption template and instruction (same for every method)."""
+def calibration_batch(ctx, per_source: int, split: str = "val") -> dict[str, torch.Tensor]:
+    """Fixed rows of `split` of every source, first caption template and instruction (same for every method)."""
     from pivotmerge.pipeline.data import instructions
 
     mllm = ctx.mllm
     features, texts = [], []
     for name, feats in ctx.features.items():
-        rows = min(per_source, feats.features["val"].shape[0])
-        features.append(feats.features["val"][:rows])
+        rows = min(per_source, feats.features[split].shape[0])
+        features.append(feats.features[split][:rows])
         texts += [mllm.encode_text(instructions(ctx.cfg)[0], ctx.sources[name].caption(label, 0))
-                  for label in feats.labels["val"][:rows]]
+                  for label in feats.labels[split][:rows]]
     return {"features": torch.cat(features), **mllm.collate_text(texts)}
 
 
-def make_calibration_loss(ctx, per_source: int):
-    """state dict -> mean over sources of the per-source caption loss on fixed val rows.
+def make_calibration_loss(ctx, per_source: int, split: str = "val"):
+    """state dict -> mean over sources of the per-source caption loss on fixed rows of `split`.
 
     Averaging per source first keeps every source's weight equal, whatever its caption length.
     """
-    batch = calibration_batch(ctx, per_source)
+    batch = calibration_batch(ctx, per_source, split)
     source_of_row = torch.tensor([i for i, feats in enumerate(ctx.features.values())
-                                  for _ in range(min(per_source, feats.features["val"].shape[0]))])
+                                  for _ in range(min(per_source, feats.features[split].shape[0]))])
     mllm = ctx.mllm
 
     @torch.no_grad()
@@ -96,21 +101,43 @@ def expand_variants(cfg) -> dict:
             raise ConfigError(f"merge_variants.{name}.base must name a file of conf/merge/ "
                               f"({', '.join(available())}), got {base!r}")
         base_cfg = methods[base] if base in methods else OmegaConf.load(path)
-        unknown = [k for k in variant if k not in base_cfg]
+        unknown = [k for k in variant if k not in base_cfg and k != ALIGN_KEY]
         if unknown:
             raise ConfigError(f"merge_variants.{name}: {base} has no option(s) {unknown}")
+        align = variant.pop(ALIGN_KEY, None)
         methods[name] = OmegaConf.merge(base_cfg, variant)
+        if align is not None:
+            with open_dict(methods[name]):
+                methods[name][ALIGN_KEY] = align
     return methods
+
+
+ALIGN_KEY = "align"   # accepted by every method: the pre-merge alignment, not an option of the function
 
 
 class MergeInputs:
     """What a merge method may ask for besides (pivot, experts), built once per seed and only when needed:
-    `calibration` (per-expert statistics of its TRAIN split; the Fisher too for methods that declare it) and
-    `calibration_loss` (the caption loss on fixed VAL rows)."""
+    `calibration` (per-expert statistics of its TRAIN split; the Fisher too for methods that declare it),
+    `calibration_loss` (the caption loss on fixed rows of `calibration.loss_split`), the VAL loss of the
+    option search, and the experts aligned into the pivot's frame (per `align` mode)."""
 
-    def __init__(self, ctx, expert_names: list[str]):
+    def __init__(self, ctx, expert_names: list[str], pivot=None, experts=None):
         self.ctx, self.expert_names = ctx, expert_names
-        self._stats = self._stats_keys = self._fisher = self._fisher_keys = self._loss = None
+        self.pivot, self.experts = pivot, experts
+        self._stats = self._stats_keys = self._fisher = self._fisher_keys = None
+        self._losses: dict[str, object] = {}
+        self._aligned: dict[str, list] = {}
+
+    def aligned(self, mode: str) -> list:
+        """The experts in the pivot's frame (pivotmerge/merging/align.py), computed once per mode."""
+        from pivotmerge.merging.align import align_experts
+
+        if mode not in self._aligned:
+            inputs = None
+            if mode == "activations":
+                inputs = torch.cat([s.inputs for s in self.stats(False)[0]])
+            self._aligned[mode] = align_experts(self.pivot, self.experts, mode, inputs=inputs)
+        return self._aligned[mode]
 
     def stats(self, fisher: bool):
         from pivotmerge.pipeline.calibration import expert_fisher, expert_statistics
@@ -124,10 +151,10 @@ class MergeInputs:
         with_fisher = [dataclasses.replace(s, fisher=f) for s, f in zip(self._stats, self._fisher)]
         return with_fisher, {**self._stats_keys, **{f"fisher:{k}": v for k, v in self._fisher_keys.items()}}
 
-    def loss(self):
-        if self._loss is None:
-            self._loss = make_calibration_loss(self.ctx, int(self.ctx.cfg.calibration.per_source))
-        return self._loss
+    def loss(self, split: str = "val"):
+        if split not in self._losses:
+            self._losses[split] = make_calibration_loss(self.ctx, int(self.ctx.cfg.calibration.per_source), split)
+        return self._losses[split]
 
     def for_method(self, fn) -> tuple[dict, dict]:
         """(keyword arguments, their identity for the cache key) for what `fn` accepts."""
@@ -137,8 +164,9 @@ class MergeInputs:
             fisher = "fisher" in needs_of(fn)
             kwargs["calibration"], identity["calibration"] = self.stats(fisher)
         if "calibration_loss" in accepted:
-            kwargs["calibration_loss"] = self.loss()
-            identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source),
+            split = str(self.ctx.cfg.calibration.loss_split)
+            kwargs["calibration_loss"] = self.loss(split)
+            identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source), "split": split,
                                             "features": {n: a.key for n, a in self.ctx.feature_artifacts.items()}}
         return kwargs, identity
 
@@ -160,7 +188,7 @@ def run(ctx) -> None:
         expert_names = expert_names[:int(subset)]
     ctx.merge_experts = expert_names
     experts = [ctx.projector(ctx.experts[n]) for n in expert_names]
-    inputs = MergeInputs(ctx, expert_names)
+    inputs = MergeInputs(ctx, expert_names, pivot, experts)
     search = cfg.merge_search
     selections = {}
     for name, method_cfg in methods.items():
@@ -168,23 +196,27 @@ def run(ctx) -> None:
             raise ConfigError(f"merge.{name} has no _target_: select methods with merge=[...] from conf/merge/")
         options = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items()
                    if not k.startswith("_")}
+        align = str(options.pop(ALIGN_KEY, cfg.align))
+        method_cfg = OmegaConf.create({k: v for k, v in method_cfg.items() if k != ALIGN_KEY})
         check_options(import_target(method_cfg._target_, f"merge.{name}"), options, f"merge.{name}")
+        aligned = inputs.aligned(align)
         if search.enabled:
-            options, table = select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs)
+            options, table = select_options(ctx, name, method_cfg, options, search, pivot, aligned, inputs, align)
             selections[name] = {"chosen": options, "candidates": table}
             method_cfg = OmegaConf.merge(method_cfg, options)
         fn = instantiate(method_cfg)
         kwargs, identity = inputs.for_method(fn)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in expert_names},
-                "target": method_cfg._target_, "options": options, **identity}
+                "target": method_cfg._target_, "options": options, **identity,
+                **({ALIGN_KEY: align} if align != "none" else {})}
         key = content_key("merge", spec)
         started = time.perf_counter()
         with ctx.store.claim("merge", key) as staging:
             if staging is None:
                 ctx.merged[name] = Artifact("merge", key, ctx.store.folder("merge", key), reused=True)
             else:
-                ctx.merged[name] = _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, experts,
-                                               expert_names)
+                ctx.merged[name] = _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, aligned,
+                                               expert_names, align)
         ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
     log_stage_run(cfg, ctx.store, "merge", f"merge-seed{int(cfg.seed)}", ctx.merged.values())
     if selections:
@@ -208,7 +240,8 @@ def _connectivity(ctx, pivot, experts: dict, inputs: MergeInputs) -> None:
     shutil.copy2(artifact.path / "lmc.json", folder / f"loss_barriers{suffix}.json")
 
 
-def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, experts, expert_names) -> Artifact:
+def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, experts, expert_names,
+                align: str) -> Artifact:
     from pivotmerge.merging.diagnostics import collect, write_diagnostics
 
     started = time.perf_counter()
@@ -220,13 +253,14 @@ def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, exper
     save_file({k: v.contiguous() for k, v in merged.items()}, str(staging / PROJECTOR_FILE))
     collect(pivot, experts, merged, diagnostics)
     diagnostics["experts"] = expert_names
+    diagnostics[ALIGN_KEY] = align
     write_diagnostics(diagnostics, staging / "diagnostics")
     (staging / "metrics.json").write_text(json.dumps({"method": name, "options": options,
                                                       "merge_seconds": round(seconds, 3)}, indent=2))
     return Artifact("merge", key, ctx.store.commit("merge", key, spec), reused=False)
 
 
-def select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs: MergeInputs):
+def select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs: MergeInputs, align: str):
     """Pick the options with the lowest VAL caption loss among `budget` candidates (cached per candidate)."""
     grid = (search.grids or {}).get(name) or {}
     candidates = candidate_options(options, OmegaConf.to_container(grid, resolve=True) if grid else {},
@@ -238,7 +272,8 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
         kwargs, identity = inputs.for_method(fn)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
                 "target": method_cfg._target_, "options": candidate, "per_source": int(ctx.cfg.calibration.per_source),
-                "features": {n: a.key for n, a in ctx.feature_artifacts.items()}, **identity}
+                "features": {n: a.key for n, a in ctx.feature_artifacts.items()}, **identity,
+                **({ALIGN_KEY: align} if align != "none" else {})}
         key = content_key("select", spec)
         with ctx.store.claim("select", key) as staging:
             if staging is None:

@@ -12,9 +12,10 @@ def check_merges(cfg, n_experts: int) -> None:
     from hydra.utils import instantiate
 
     from pivotmerge.merging import MergeError
+    from pivotmerge.merging.align import ALIGN_MODES
     from pivotmerge.merging.calibration import compute_stats, needs_of
     from pivotmerge.merging.registry import accepted_extras
-    from pivotmerge.pipeline.merge import candidate_options, expand_variants
+    from pivotmerge.pipeline.merge import ALIGN_KEY, candidate_options, expand_variants
 
     methods = expand_variants(cfg)   # raises ConfigError on a bad variant
     search = cfg.merge_search
@@ -30,6 +31,11 @@ def check_merges(cfg, n_experts: int) -> None:
             raise PreflightError(f"config merge.{name} has no _target_: select methods with merge=[...] from "
                                  "conf/merge/")
         options = {k: v for k, v in OmegaConf.to_container(method_cfg, resolve=True).items() if not k.startswith("_")}
+        align = options.pop(ALIGN_KEY, cfg.align)
+        if align not in ALIGN_MODES:
+            raise PreflightError(f"config merge.{name}.align={align!r} is not an alignment; use one of "
+                                 f"{', '.join(ALIGN_MODES)}")
+        method_cfg = OmegaConf.create({k: v for k, v in method_cfg.items() if k != ALIGN_KEY})
         grid = grids.get(name)
         candidates = candidate_options(options, OmegaConf.to_container(grid, resolve=True), int(search.budget)) \
             if grid else [options]

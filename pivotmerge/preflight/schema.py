@@ -122,6 +122,7 @@ class CalibrationSchema:
     train_rows: int = rule(ge=1)
     sample_tokens: int = rule(ge=1)
     fisher_rows: int = rule(ge=1)
+    loss_split: str = rule(choices=("train", "val"))
 
 
 @dataclass
@@ -169,6 +170,7 @@ class RunSchema:
     seed: int = rule()
     seeds: list[int] | None = rule()
     num_experts_merged: int | None = rule(ge=1)
+    align: str = rule(choices=("none", "weights", "activations"))
     stages: list[str] = rule()
     trainer: TrainerSchema = rule()
     scenario: ScenarioSchema = rule()

@@ -60,7 +60,7 @@ def test_changing_an_expert_option_reuses_upstream(first_run, tiny_model_cfg, tm
     assert status["expert"] == "ran"
     captured = capsys.readouterr()
     shown = captured.out + captured.err
-    assert "expert digits: 100%" in shown and "2/2" in shown   # the bar names the stage and counts steps
+    assert "expert digits" in shown and "2/2" in shown   # the bar (a line per 10 % off a terminal) names the stage, counts steps
 
 
 def test_caption_change_retrains_but_keeps_images_and_features(first_run, tiny_model_cfg):
@@ -132,8 +132,8 @@ def test_unknown_source_and_empty_source_are_clear(tiny_model_cfg, tmp_path):
 def test_run_py_reports_unknown_config_name_without_traceback():
     result = subprocess.run([sys.executable, "run.py", "model=nope", "--cfg", "job"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "Could not find 'model/nope'" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "conf/model/ has no 'nope'" in result.stderr and "Traceback" not in result.stderr
     assert "embedded" in result.stderr  # lists the available options
 
 
