@@ -140,3 +140,17 @@ def test_bad_sft_options_fail_in_preflight_with_one_line(tiny_model_cfg, tmp_pat
 def test_sft_options_are_not_checked_when_the_stage_does_not_run(tiny_model_cfg, tmp_path):
     cfg = compose_cfg(tmp_path, tiny_model_cfg, ["sft.lora.target_modules=[attn_qkv]"])
     preflight.check(cfg, packages=False)
+
+
+@pytest.mark.slow
+def test_lora_tuning_saves_adapters_and_leaves_the_shared_llm_as_it_was(tiny_model_cfg, tmp_path):
+    from safetensors.torch import load_file
+
+    overrides = STAGE2 + ["stages=[data,features,pivot,experts,merge,sft]", "merge=[ties]", "sft.models=[merge]",
+                          "sft.llm=lora"]
+    ctx = run(compose_cfg(tmp_path, tiny_model_cfg, overrides))
+    adapters = load_file(str(ctx.sft["merge:ties"].path / "lora.safetensors"))
+    assert adapters and all("lora_" in k for k in adapters)
+    assert any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)   # B starts at 0: it trained
+    assert not any("lora_" in k for k in ctx.mllm.llm.state_dict())
+    assert not any(p.requires_grad for p in ctx.mllm.llm.parameters())   # frozen again for the next stage
