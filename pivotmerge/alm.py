@@ -2,8 +2,11 @@
 
 A score s_l per layer - data-free proxies (computed with the decomposition, pivotmerge/sdf.py) or the
 calibration loss gain of the layer's update (:func:`data_scores`) - becomes the weight
-w_l = lo + (hi - lo) * exp((s_l - max s) / temperature) (:func:`layer_weights`). pivotmerge/method.py's
-docstring and docs/method.md give the equations.
+w_l = lo + (hi - lo) * exp((s_l - max s) / temperature) (:func:`layer_weights`). Or the weights are measured
+directly (``alm='search'``, :func:`searched_weights`): per layer, the weight among {0, lo, (lo+hi)/2, hi} with
+the lowest calibration loss, layer by layer from the full merge, and the pivot itself (every weight 0) when
+no merge beats it - so the merge is never worse than its pivot on the calibration rows.
+pivotmerge/method.py's docstring and docs/method.md give the equations.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from torch import Tensor
 from pivotmerge.merging.errors import MergeInputError
 from pivotmerge.merging.ops import apply_update, diag_layer, finalize
 
-ALM_MODES = ("off", "data", "proxy")
+ALM_MODES = ("off", "data", "proxy", "search")
+SEARCH_SWEEPS = 2   # passes over the layers; a second pass catches layers whose best weight moved with others
 ALM_PROXIES = ("agreement", "shared_energy")
 ALM_PROBES = ("remove", "apply")
 
@@ -83,4 +87,42 @@ def _call_loss(calibration_loss: Callable, sd: dict[str, Tensor], what: str, met
     return value
 
 
-__all__ = ["ALM_MODES", "ALM_PROBES", "ALM_PROXIES", "data_scores", "layer_weights"]
+def searched_weights(pivot: Mapping[str, Tensor], layers: dict[str, list[str]], delta: dict[str, Tensor], lam: float,
+                     lo: float, hi: float, calibration_loss: Callable, diagnostics: dict | None,
+                     method: str) -> dict[str, float]:
+    """Layer weights by coordinate descent on the calibration loss over {0, lo, (lo+hi)/2, hi}, from hi for
+    every layer; every weight 0 (the pivot) when the best merge does not beat the pivot."""
+    grid = sorted({0.0, lo, (lo + hi) / 2, hi})
+
+    def loss_of(weights: dict[str, float], what: str) -> float:
+        state = finalize(pivot, {k: apply_update(pivot[k], delta[k].clone(), lam * weights[layer])
+                                 for layer, keys in layers.items() for k in keys})
+        return _call_loss(calibration_loss, state, what, method)
+
+    weights = {layer: hi for layer in layers}
+    best = loss_of(weights, "the merged projector")
+    trail = [{"weights": dict(weights), "loss": best}]
+    for _ in range(SEARCH_SWEEPS):
+        improved = False
+        for layer in layers:
+            for value in grid:
+                if value == weights[layer]:
+                    continue
+                trial = {**weights, layer: value}
+                loss = loss_of(trial, f"the merge with layer {layer!r} at weight {value}")
+                if loss < best - 1e-9:
+                    best, weights, improved = loss, trial, True
+                    trail.append({"weights": dict(weights), "loss": best})
+        if not improved:
+            break
+    pivot_loss = _call_loss(calibration_loss, dict(pivot), "the pivot", method)
+    kept_pivot = best > pivot_loss
+    if kept_pivot:
+        weights = {layer: 0.0 for layer in layers}
+    if diagnostics is not None:
+        diagnostics["alm_search"] = {"grid": grid, "trail": trail, "pivot_loss": pivot_loss,
+                                     "merged_loss": min(best, pivot_loss), "fell_back_to_pivot": kept_pivot}
+    return weights
+
+
+__all__ = ["ALM_MODES", "ALM_PROBES", "ALM_PROXIES", "data_scores", "layer_weights", "searched_weights"]

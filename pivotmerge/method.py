@@ -34,6 +34,9 @@ ALM (``alm``)
     s_l = gain_l / max_l |gain_l|.
   * weights: w_l = lo + (hi - lo) * softmax(s / temperature)_l / max_l softmax(s / temperature)_l
     = lo + (hi - lo) * exp((s_l - max s) / temperature), with [lo, hi] = ``weight_range``.
+  * ``search``: w_l measured, not scored: coordinate descent over {0, lo, (lo+hi)/2, hi} per layer on
+    ``calibration_loss`` (the experts' TRAIN rows in the pipeline), from w = hi; every w_l = 0 (the pivot)
+    when no merge beats the pivot's calibration loss - the merge never does worse than its pivot there.
 theta_l = pivot_l + lam * w_l * Delta_l.
 
 Reductions (tested): sdf=false, alm=off is exactly ``task_arithmetic`` with the same lam; sdf=true,
@@ -53,7 +56,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pivotmerge.alm import ALM_MODES, ALM_PROBES, ALM_PROXIES, data_scores, layer_weights
+from pivotmerge.alm import ALM_MODES, ALM_PROBES, ALM_PROXIES, data_scores, layer_weights, searched_weights
 from pivotmerge.merging.calibration import check_stats
 from pivotmerge.merging.checks import (
     check_bool,
@@ -190,9 +193,9 @@ def _check_options(calibration_loss: Callable | None, **given: Any) -> Options:
     if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
         raise MergeConfigError(f"{NAME}: weight_range={[lo, hi]} must satisfy 0 <= lo <= hi")
     lam = check_number(NAME, "lam", given["lam"])
-    if alm == "data" and calibration_loss is None:
+    if alm in ("data", "search") and calibration_loss is None:
         raise MergeConfigError(
-            f"{NAME}: alm=data needs a calibration_loss (a function state_dict -> loss on a calibration "
+            f"{NAME}: alm={alm} needs a calibration_loss (a function state_dict -> loss on a calibration "
             "batch, supplied by the pipeline); use alm=proxy for the data-free variant"
         )
     if calibration_loss is not None and not callable(calibration_loss):
@@ -236,11 +239,14 @@ def _alm_weights(o: Options, pivot: Mapping[str, Tensor], layers: dict[str, list
     """ALM: the weight of each layer's update, and the scores they come from (none for alm=off)."""
     if o.alm == "off":
         return {layer: 1.0 for layer in layers}, {}
+    lo, hi = o.weight_range
+    if o.alm == "search":
+        weights = searched_weights(pivot, layers, delta, o.lam, lo, hi, calibration_loss, diagnostics, NAME)
+        return weights, dict(weights)
     if o.alm == "proxy":
         scores = proxy_scores
     else:
         scores = data_scores(pivot, layers, delta, o.lam, o.alm_probe, calibration_loss, diagnostics, NAME)
-    lo, hi = o.weight_range
     return layer_weights(scores, o.temperature, lo, hi), scores
 
 

@@ -146,6 +146,53 @@ def test_alm_data_with_one_weight_for_every_layer_is_alm_off(probe):
     assert all(torch.equal(off[k], data[k]) for k in pivot)
 
 
+def test_alm_search_finds_each_layers_best_weight():
+    pivot, experts = make(2)
+    off = merge("pivotmerge_data_free", pivot, experts, alm="off")
+    update = {k: off[k].double() - pivot[k].double() for k in pivot}
+    target = {"0": 0.5, "2": 0.0}   # the loss is lowest with half of layer 0's update and none of layer 2's
+
+    def loss(sd):
+        return float(sum(((sd[k].double() - pivot[k].double()) - target[k.split(".")[0]] * update[k]).square().sum()
+                         for k in pivot))
+
+    diag = {}
+    merged = merge("pivotmerge_data_free", pivot, experts, alm="search", weight_range=[0.0, 1.0],
+                   calibration_loss=loss, diagnostics=diag)
+    assert diag["layer_weights"] == {"0": 0.5, "2": 0.0}
+    assert not diag["alm_search"]["fell_back_to_pivot"]
+    assert loss(merged) < min(loss(off), loss(pivot))
+    assert torch.equal(merged["2.weight"], pivot["2.weight"])
+
+
+@pytest.mark.parametrize("reading", ["pivotmerge_data_free", "task_arithmetic_like"])
+def test_alm_search_never_does_worse_than_the_pivot(reading):
+    """Any merge that raises the calibration loss above the pivot's falls back to the pivot itself."""
+    pivot, experts = make(3, seed=4)
+    extra = {"sdf": False} if reading == "task_arithmetic_like" else {}
+
+    def loss(sd):   # every step away from the pivot costs: no merge beats it
+        return float(sum((sd[k].double() - pivot[k].double()).abs().sum() for k in pivot)) + 1.0
+
+    diag = {}
+    merged = merge("pivotmerge_data_free", pivot, experts, alm="search", calibration_loss=loss, diagnostics=diag,
+                   **extra)
+    assert all(torch.equal(merged[k], pivot[k]) for k in pivot)
+    assert set(diag["layer_weights"].values()) == {0.0}
+    assert diag["alm_search"]["merged_loss"] == diag["alm_search"]["pivot_loss"]
+
+    def coupled(sd):   # the layers only help together, and never beat the pivot: one layer alone is worst
+        at_pivot = {k.split(".")[0] for k in pivot if torch.equal(sd[k], pivot[k])}
+        return 1.0 if len(at_pivot) == 2 else 3.0 if at_pivot else 2.0
+
+    diag = {}
+    merged = merge("pivotmerge_data_free", pivot, experts, alm="search", calibration_loss=coupled, diagnostics=diag,
+                   **extra)
+    assert all(torch.equal(merged[k], pivot[k]) for k in pivot) and diag["alm_search"]["fell_back_to_pivot"]
+    with pytest.raises(MergeConfigError, match="alm=search needs a calibration_loss"):
+        merge("pivotmerge_data_free", pivot, experts, alm="search")
+
+
 # -------------------------------------------------------------------------------- invariants
 def test_one_expert_gives_pivot_plus_lam_tau():
     pivot, experts = make(1)
