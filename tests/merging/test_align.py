@@ -89,8 +89,8 @@ def test_every_method_accepts_align_in_preflight(method, tmp_path, tiny_model_cf
     from pivotmerge.errors import ConfigError
     from tests.helpers.compose import compose_cfg
 
-    cfg = compose_cfg(tmp_path, tiny_model_cfg, ["merge=[average]", "stages=[merge]",
-                                                 f"+merge_variants={{{method}_aligned: {{base: {method}, align: weights}}}}"])
+    variant = f"+merge_variants={{{method}_aligned: {{base: {method}, align: weights}}}}"
+    cfg = compose_cfg(tmp_path, tiny_model_cfg, ["merge=[average]", "stages=[merge]", variant])
     preflight.check(cfg)
     bad = compose_cfg(tmp_path, tiny_model_cfg, ["merge=[average]", "stages=[merge]",
                                                  f"+merge_variants={{x: {{base: {method}, align: twist}}}}"])

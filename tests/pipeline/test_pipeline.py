@@ -60,7 +60,8 @@ def test_changing_an_expert_option_reuses_upstream(first_run, tiny_model_cfg, tm
     assert status["expert"] == "ran"
     captured = capsys.readouterr()
     shown = captured.out + captured.err
-    assert "expert digits" in shown and "2/2" in shown   # the bar (a line per 10 % off a terminal) names the stage, counts steps
+    # the bar (a line per 10 % off a terminal) names the stage and counts steps
+    assert "expert digits" in shown and "2/2" in shown
 
 
 def test_caption_change_retrains_but_keeps_images_and_features(first_run, tiny_model_cfg):

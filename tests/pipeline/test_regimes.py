@@ -34,8 +34,8 @@ def test_easyvqa_views_share_every_image_and_keep_the_package_split(tmp_path, ti
     assert {e.label for e in splits["color"]["train"]} <= set(answers())
     # the labels agree with the package's own open questions on the same image
     first = splits["shape"]["test"][0]
-    said = [q.answer for q in read_questions("test") if q.image_id == int(first.key)
-            and q.text in ("what shape is in the image?", "what shape is present?", "what shape does the image contain?")]
+    asks_shape = ("what shape is in the image?", "what shape is present?", "what shape does the image contain?")
+    said = [q.answer for q in read_questions("test") if q.image_id == int(first.key) and q.text in asks_shape]
     assert all(answer == first.label for answer in said)
 
 
