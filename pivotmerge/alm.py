@@ -3,9 +3,9 @@
 A score s_l per layer - data-free proxies (computed with the decomposition, pivotmerge/sdf.py) or the
 calibration loss gain of the layer's update (:func:`data_scores`) - becomes the weight
 w_l = lo + (hi - lo) * exp((s_l - max s) / temperature) (:func:`layer_weights`). Or the weights are measured
-directly (``alm='search'``, :func:`searched_weights`): per layer, the weight among {0, lo, (lo+hi)/2, hi} with
-the lowest calibration loss, layer by layer from the full merge, and the pivot itself (every weight 0) when
-no merge beats it - so the merge is never worse than its pivot on the calibration rows.
+directly (``alm='search'``, :func:`searched_weights`): the best common weight among {0, hi/16, hi/8, hi/4,
+hi/2, hi, lo}, then per layer by coordinate descent over the same grid, all by the calibration loss; the
+pivot itself (every weight 0) when no merge beats it - never worse than its pivot on the calibration rows.
 pivotmerge/method.py's docstring and docs/method.md give the equations.
 """
 from __future__ import annotations
@@ -87,22 +87,30 @@ def _call_loss(calibration_loss: Callable, sd: dict[str, Tensor], what: str, met
     return value
 
 
+def search_grid(lo: float, hi: float) -> list[float]:
+    """The candidate weights of ``alm='search'``: 0 (the pivot), halvings of hi down to hi/16 (a merge that
+    helps only in small steps, as on shared inputs with a strong pivot), and lo."""
+    return sorted({0.0, lo, *(hi / 2 ** j for j in range(5))})
+
+
 def searched_weights(pivot: Mapping[str, Tensor], layers: dict[str, list[str]], delta: dict[str, Tensor], lam: float,
                      lo: float, hi: float, calibration_loss: Callable, diagnostics: dict | None,
                      method: str) -> dict[str, float]:
-    """Layer weights by coordinate descent on the calibration loss over {0, lo, (lo+hi)/2, hi}, from hi for
-    every layer; every weight 0 (the pivot) when the best merge does not beat the pivot."""
-    grid = sorted({0.0, lo, (lo + hi) / 2, hi})
+    """Layer weights from the calibration loss: the best common weight of the grid (`search_grid`), then
+    coordinate descent layer by layer over the grid. The grid holds 0 (the pivot itself) and every step only
+    lowers the loss, so the result is never worse than the pivot on the calibration rows."""
+    grid = search_grid(lo, hi)
 
     def loss_of(weights: dict[str, float], what: str) -> float:
         state = finalize(pivot, {k: apply_update(pivot[k], delta[k].clone(), lam * weights[layer])
                                  for layer, keys in layers.items() for k in keys})
         return _call_loss(calibration_loss, state, what, method)
 
-    weights = {layer: hi for layer in layers}
-    best = loss_of(weights, "the merged projector")
+    common = {value: loss_of({layer: value for layer in layers}, f"the merge at weight {value}") for value in grid}
+    start = min(common, key=common.get)
+    weights, best = {layer: start for layer in layers}, common[start]
     trail = [{"weights": dict(weights), "loss": best}]
-    for _ in range(SEARCH_SWEEPS):
+    for _ in range(SEARCH_SWEEPS if len(layers) > 1 else 0):
         improved = False
         for layer in layers:
             for value in grid:
@@ -115,13 +123,10 @@ def searched_weights(pivot: Mapping[str, Tensor], layers: dict[str, list[str]], 
                     trail.append({"weights": dict(weights), "loss": best})
         if not improved:
             break
-    pivot_loss = _call_loss(calibration_loss, dict(pivot), "the pivot", method)
-    kept_pivot = best > pivot_loss
-    if kept_pivot:
-        weights = {layer: 0.0 for layer in layers}
     if diagnostics is not None:
-        diagnostics["alm_search"] = {"grid": grid, "trail": trail, "pivot_loss": pivot_loss,
-                                     "merged_loss": min(best, pivot_loss), "fell_back_to_pivot": kept_pivot}
+        diagnostics["alm_search"] = {"grid": grid, "common": {str(k): v for k, v in common.items()}, "trail": trail,
+                                     "pivot_loss": common[0.0], "merged_loss": best,
+                                     "kept_pivot": all(w == 0.0 for w in weights.values())}
     return weights
 
 

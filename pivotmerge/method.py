@@ -34,9 +34,10 @@ ALM (``alm``)
     s_l = gain_l / max_l |gain_l|.
   * weights: w_l = lo + (hi - lo) * softmax(s / temperature)_l / max_l softmax(s / temperature)_l
     = lo + (hi - lo) * exp((s_l - max s) / temperature), with [lo, hi] = ``weight_range``.
-  * ``search``: w_l measured, not scored: coordinate descent over {0, lo, (lo+hi)/2, hi} per layer on
-    ``calibration_loss`` (the experts' TRAIN rows in the pipeline), from w = hi; every w_l = 0 (the pivot)
-    when no merge beats the pivot's calibration loss - the merge never does worse than its pivot there.
+  * ``search``: w_l measured, not scored, on ``calibration_loss`` (the experts' TRAIN rows in the pipeline):
+    the best common weight of the grid {0, hi/16, hi/8, hi/4, hi/2, hi, lo}, then coordinate descent per
+    layer over it; every w_l = 0 (the pivot) when no merge beats the pivot's calibration loss - the merge
+    never does worse than its pivot there.
 theta_l = pivot_l + lam * w_l * Delta_l.
 
 Reductions (tested): sdf=false, alm=off is exactly ``task_arithmetic`` with the same lam; sdf=true,

@@ -160,7 +160,7 @@ def test_alm_search_finds_each_layers_best_weight():
     merged = merge("pivotmerge_data_free", pivot, experts, alm="search", weight_range=[0.0, 1.0],
                    calibration_loss=loss, diagnostics=diag)
     assert diag["layer_weights"] == {"0": 0.5, "2": 0.0}
-    assert not diag["alm_search"]["fell_back_to_pivot"]
+    assert not diag["alm_search"]["kept_pivot"]
     assert loss(merged) < min(loss(off), loss(pivot))
     assert torch.equal(merged["2.weight"], pivot["2.weight"])
 
@@ -188,7 +188,7 @@ def test_alm_search_never_does_worse_than_the_pivot(reading):
     diag = {}
     merged = merge("pivotmerge_data_free", pivot, experts, alm="search", calibration_loss=coupled, diagnostics=diag,
                    **extra)
-    assert all(torch.equal(merged[k], pivot[k]) for k in pivot) and diag["alm_search"]["fell_back_to_pivot"]
+    assert all(torch.equal(merged[k], pivot[k]) for k in pivot) and diag["alm_search"]["kept_pivot"]
     with pytest.raises(MergeConfigError, match="alm=search needs a calibration_loss"):
         merge("pivotmerge_data_free", pivot, experts, alm="search")
 
