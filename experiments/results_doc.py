@@ -26,6 +26,7 @@ from eval.stage2 import section as stage2_section  # noqa: E402
 from eval.store import read_rows  # noqa: E402
 from eval.table import build_table  # noqa: E402
 from eval.writers import to_markdown  # noqa: E402
+from pivotmerge.pipeline.regimes import REGIMES_DIR  # noqa: E402
 
 
 def make_run_experiment() -> str | None:
@@ -319,6 +320,99 @@ def update_readme(readme: Path, experiment: str, command: str, store: Path) -> b
     return True
 
 
+def old_sections(doc: Path) -> dict[str, str]:
+    """The sections of the current doc by title: kept for experiments whose store is not on this machine
+    (outputs/ is not in git), so that regenerating one section never deletes the others."""
+    if not doc.is_file():
+        return {}
+    parts = doc.read_text().split("\n## ")[1:]
+    return {part.split("\n", 1)[0].strip(): "## " + part.rstrip("\n") + "\n" for part in parts}
+
+
+def newest_regime_run(outputs: Path, experiment: str) -> Path | None:
+    """The newest run folder of `experiment` whose regimes hold results."""
+    runs = sorted({p.parents[3] for p in (outputs / experiment).glob(f"*/{REGIMES_DIR}/*/results/results.jsonl")},
+                  key=lambda p: p.name)
+    return runs[-1] if runs else None
+
+
+def regime_findings(regime_map) -> list[str]:
+    """What the map shows, per regime: the best merges, PivotMerge's standing and whether the paper's ordering
+    (PivotMerge above Task Arithmetic, TIES and DARE beyond the paired 95 % intervals) holds."""
+    out = []
+    paper = [f"merge:{m}" for m in ("task_arithmetic", "ties", "dare_ties")]
+    for regime in regime_map.regimes:
+        merges = [m for m in regime_map.models if m.startswith("merge:") and (m, regime) in regime_map.accuracy]
+        if not merges:
+            continue
+        top = max(merges, key=lambda m: regime_map.accuracy[(m, regime)].mean)
+        cell = regime_map.accuracy[(top, regime)]
+        line = f"`{regime}`: best merge {top} ({cell.mean:.1f} % mean k-way"
+        joint = regime_map.of_joint.get((top, regime))
+        line += f", {joint.mean:.0f} % of joint)" if joint is not None else ")"
+        standing = regime_map.standing.get(regime)
+        if standing is not None:
+            line += (f"; PivotMerge ranks {standing.rank} of {standing.merges}"
+                     + (" and is tied-best (no merge better beyond the paired 95 % interval)" if standing.tied_best
+                        else f", below {', '.join(standing.better)} beyond the paired interval"))
+            if standing.vs_pivot is not None:
+                d, lo, hi = standing.vs_pivot
+                verdict = "above" if lo > 0 else "below" if hi < 0 else "level with"
+                line += f"; {verdict} its pivot ({d:+.1f} points, [{lo:+.1f}, {hi:+.1f}])"
+            beaten = [m for m in paper if m in standing.worse]
+            line += ("; the paper's ordering (PivotMerge > TA, TIES, DARE) holds" if len(beaten) == len(paper)
+                     else f"; the paper's ordering does not hold here (beats {len(beaten)} of TA/TIES/DARE "
+                     "beyond the interval)")
+        out.append(line)
+    return out
+
+
+def regime_section(run_dir: Path, figures: Path, command: str) -> str:
+    from eval.regime_map import build_regime_map, plot_heatmap
+    from eval.regime_map import to_markdown as map_markdown
+
+    config = (run_dir / "resolved_config.yaml")
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.load(config) if config.is_file() else OmegaConf.create({})
+    names = list(resolved.get("regimes") or {}) or sorted(p.name for p in (run_dir / REGIMES_DIR).iterdir())
+    rows = {n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names}
+    notes = OmegaConf.to_container(resolved.get("regime_notes") or OmegaConf.create({}), resolve=True)
+    regime_map = build_regime_map({n: r for n, r in rows.items() if r}, descriptions=notes)
+    figure = plot_heatmap(regime_map, figures / "regime_map.png")
+    missing = [n for n in names if not rows[n]]
+    parts = ["## Where each method works (regime_map)", "", f"Command: `{command}`  ",
+             f"Run folder: `{_shown(run_dir)}` ({len(regime_map.regimes)} of {len(names)} regimes with results"
+             + (f"; not yet run: {', '.join(missing)}" if missing else "") + ")", "", map_markdown(regime_map)]
+    if figure is not None:
+        parts += [f"![regime map](figures/{figure.name})", ""]
+    parts += ["What it shows:", ""] + [f"- {line}" for line in regime_findings(regime_map)]
+    return "\n".join(parts) + "\n"
+
+
+REGIMES_BEGIN = "<!-- regimes:begin (written by experiments/results_doc.py) -->"
+REGIMES_END = "<!-- regimes:end -->"
+
+
+def update_regime_block(readme: Path, run_dir: Path) -> bool:
+    """Replace the README's regime block with the newest regime map (its markdown, from the stores)."""
+    from eval.regime_map import build_regime_map
+    from eval.regime_map import to_markdown as map_markdown
+
+    text = readme.read_text()
+    if REGIMES_BEGIN not in text or REGIMES_END not in text:
+        return False
+    names = sorted(p.name for p in (run_dir / REGIMES_DIR).iterdir()
+                   if (p / "results" / "results.jsonl").is_file())
+    regime_map = build_regime_map({n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names})
+    intro = (f"Latest `regime_map` (`{_shown(run_dir)}`; `python run.py experiment=regime_map`, its section in "
+             "[docs/results.md](docs/results.md)).")
+    block = "\n".join([REGIMES_BEGIN, intro, "", map_markdown(regime_map), REGIMES_END])
+    head, rest = text.split(REGIMES_BEGIN, 1)
+    readme.write_text(head + block + rest.split(REGIMES_END, 1)[1])
+    return True
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--outputs", default=str(ROOT / "outputs"))
@@ -330,17 +424,23 @@ def main(argv=None):
     figures = doc.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sections = []
+    kept = old_sections(doc)
     commands = experiments()
     for experiment, command in commands.items():
         store = newest_store(outputs, experiment)
+        regimes = newest_regime_run(outputs, experiment)
         if store is not None:
             sections.append(section(experiment, command, store, figures, experiment))
+        elif regimes is not None:
+            sections.append(regime_section(regimes, figures, command))
     sweeps = newest_sweeps(Path(args.multirun))
     for stale in figures.glob("sweep_*.png"):
         if stale.stem not in {sweep_slug(swept) for swept in sweeps}:
             stale.unlink()
     for swept, sweep_dir in sweeps.items():
         sections.append(sweep_section(swept, sweep_dir, figures))
+    titles = {text.split("\n", 1)[0][3:].strip() for text in sections}
+    sections += [text for title, text in kept.items() if title not in titles]   # stores not on this machine
     header = ["# Results", "",
               f"Generated by `python experiments/results_doc.py` on {time.strftime('%Y-%m-%d %H:%M')} from the "
               "results stores under `outputs/` and `multirun/`; no number below is typed by hand. Scores are "
@@ -350,6 +450,9 @@ def main(argv=None):
         header.append("No results store found yet: run the commands in the README first.")
     doc.write_text("\n".join(header) + "\n" + "\n".join(sections))
     print(f"wrote {doc} ({len(sections)} sections)")
+    regimes = newest_regime_run(outputs, "regime_map")
+    if regimes is not None and update_regime_block(Path(args.readme), regimes):
+        print("README regime block: regime_map")
     for experiment in ("paper_table", "pivotmerge_vs_ties"):
         store = newest_store(outputs, experiment)
         if store is not None:

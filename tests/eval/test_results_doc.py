@@ -138,3 +138,45 @@ def test_findings_count_a_win_over_the_pivot_only_beyond_both_intervals():
     lines = findings(build_table([row("pivot", 50), row("merge:ties", 54), row("merge:pivotmerge", 110)]))
     assert "The pivot averages 25.0; 2 of 2 merges average higher, 1 beyond both 95 % intervals " \
            "(merge:pivotmerge)." in lines, lines
+
+
+def _regime_rows(shift: float) -> list[dict]:
+    """Per-item rows of one regime: pivot, joint, an expert per source and two merges on two in-source tasks."""
+    from tests.helpers.rows import result_row
+
+    rows = []
+    scores = {"pivot": 0.3, "joint": 0.9, "expert:digits": 0.9, "expert:words": 0.9, "merge:ties": 0.5,
+              "merge:pivotmerge": 0.6 + shift}
+    for model, score in scores.items():
+        for source in ("digits", "words"):
+            items = [1.0 if i < round(40 * score) else 0.0 for i in range(40)]
+            row = result_row(model, f"pm_cls_{source}", sum(items) / 40)
+            rows.append({**row, "metric": "acc", "primary": True, "items": items})
+    return rows
+
+
+def test_regime_map_section_and_readme_block_come_from_the_regime_stores(tmp_path):
+    from experiments.results_doc import REGIMES_BEGIN, REGIMES_END
+
+    outputs = tmp_path / "outputs"
+    run = outputs / "regime_map" / "2026-01-03_00-00-00"
+    for regime, shift in (("chance", 0.0), ("general", -0.25)):
+        folder = run / "regimes" / regime / "results"
+        folder.mkdir(parents=True)
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _regime_rows(shift)))
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir()
+    doc.write_text("# Results\n\n## paper_table\n\nkept from an earlier machine\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{REGIMES_BEGIN}\nstale\n{REGIMES_END}\n")
+    main(["--outputs", str(outputs), "--multirun", str(tmp_path / "none"), "--doc", str(doc), "--readme", str(readme)])
+    text = doc.read_text()
+    assert "## Where each method works (regime_map)" in text
+    assert "## paper_table\n\nkept from an earlier machine" in text   # a store not on this machine is kept
+    assert "| Model | chance | general |" in text
+    assert "| merge:pivotmerge | 60.0 ±" in text and "| merge:pivotmerge | 66.7 ±" in text   # 60 of joint's 90
+    assert "`chance`: best merge merge:pivotmerge" in text and "tied-best" in text
+    assert "`general`: best merge merge:ties" in text and "below merge:ties beyond the paired interval" in text
+    assert "the paper's ordering does not hold here" in text
+    assert (tmp_path / "docs" / "figures" / "regime_map.png").stat().st_size > 1000
+    assert "stale" not in readme.read_text() and "| Model | chance | general |" in readme.read_text()
