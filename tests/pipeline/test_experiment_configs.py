@@ -42,3 +42,21 @@ def test_ablation_variants_inherit_the_experiments_settings_of_their_base():
                            "pm_own_layer_inputs": {"layer_inputs": "own"}, "pm_all_shared": {"shared_threshold": 0.0},
                            "pm_alm_data": {"alm": "data"}}.items():
         assert OmegaConf.to_container(methods[name]) == {**base, **switched}, name
+
+
+def test_regime_map_covers_every_axis_and_each_regime_passes_preflight(tmp_path):
+    from pivotmerge import preflight
+    from pivotmerge.pipeline.regimes import regime_configs
+
+    cfg = _cfg("regime_map", f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path}/cache",
+               f"paths.output_dir={tmp_path}/out", f"paths.models_dir={tmp_path}/models")
+    regimes = regime_configs(cfg)
+    axes = {(r.scenario.pivot.data, tuple(r.scenario.sources), r.scenario.experts.start) for r in regimes.values()}
+    assert {a[0] for a in axes} == {"experts", "general"}
+    assert {("easyvqa_shape", "easyvqa_color"), ("digits", "emoji", "animals", "charts")} <= {a[1] for a in axes}
+    assert {a[2] for a in axes} == {"from_pivot", "independent"}
+    assert {r.align for r in regimes.values()} == {"none", "weights"}
+    paper = _cfg("paper_table")
+    for regime in regimes.values():   # the same methods and the same search budget in every regime
+        assert set(regime.merge) == set(paper.merge) and regime.merge_search == paper.merge_search
+    preflight.check(regimes["general_shared_independent_aligned"])   # every axis off its default at once
