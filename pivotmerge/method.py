@@ -110,7 +110,7 @@ class Options:
     lam: float
 
 
-@contract(scale="lam", one_expert={}, identical="mean")
+@contract(scale="lam", one_expert={}, identical="mean", cli={"alm": "proxy"})
 def pivotmerge_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],

@@ -187,12 +187,14 @@ class Contract:
     * ``identical``: K copies of one expert give the same update as that expert alone (``'mean'``), K times
       it (``'sum'``), or nothing simpler (None: the result need only be finite).
     * ``symmetric``: options under which the result does not depend on the experts' order (``{}``: always).
+    * ``cli``: options the command line needs, which has no calibration loss (``{}``: the defaults run).
     """
 
     scale: str | None = None
     one_expert: Mapping[str, Any] | None = None
     identical: str | None = None
     symmetric: Mapping[str, Any] = field(default_factory=dict)
+    cli: Mapping[str, Any] = field(default_factory=dict)
 
 
 def contract(**properties: Any) -> Callable[[MergeFn], MergeFn]:

@@ -4,7 +4,8 @@
 registry, pivotmerge/merging/registry.py). A method gets the keyword arguments of
 `registry.NON_OPTIONS` that its signature accepts: `diagnostics`; `calibration` (each expert's statistics
 from its source's TRAIN split, pivotmerge/pipeline/calibration.py); `calibration_loss` (the caption loss of
-fixed rows of `calibration.loss_split`, TRAIN by default). VAL rows serve the option search only
+fixed rows of `calibration.loss_split`, TRAIN by default; `calibration.loss_kind`: the k-way loss over
+each source's captions, or the caption NLL). VAL rows serve the option search only
 (`merge_search`, the same budget for every method); test data never reaches a merge.
 
 Before a method runs, the experts are mapped into the pivot's frame by `align` (none | weights |
@@ -115,6 +116,36 @@ def expand_variants(cfg) -> dict:
 ALIGN_KEY = "align"   # accepted by every method: the pre-merge alignment, not an option of the function
 
 
+def make_kway_loss(ctx, per_source: int, split: str):
+    """state dict -> mean over sources of the k-way cross-entropy of each row's true caption among the captions
+    of every label of its source (what `pm_cls_*` scores), on fixed rows of `split`. On shared images with
+    captions that teach different things (easy-VQA's views) the caption NLL rewards hedging between the views,
+    while this asks what alignment is for: does the image pick its own caption among its source's."""
+    from pivotmerge.models.scoring import score_choices
+    from pivotmerge.pipeline.data import instructions
+
+    mllm, instruction = ctx.mllm, instructions(ctx.cfg)[0]
+    problems = []
+    for name, feats in ctx.features.items():
+        rows = min(per_source, feats.features[split].shape[0])
+        vocabulary = sorted(set(ctx.sources[name].labels()))
+        captions = [ctx.sources[name].caption(label, 0) for label in vocabulary]
+        truth = torch.tensor([vocabulary.index(label) for label in feats.labels[split][:rows]])
+        problems.append((feats.features[split][:rows], captions, truth))
+
+    @torch.no_grad()
+    def kway_loss(state: dict[str, torch.Tensor]) -> float:
+        losses = []
+        with projector_swapped(mllm, state):
+            for features, captions, truth in problems:
+                scores = torch.tensor(score_choices(mllm, features, [instruction] * len(truth),
+                                                    [captions] * len(truth)))
+                losses.append(float(torch.nn.functional.cross_entropy(scores, truth)))
+        return sum(losses) / len(losses)
+
+    return kway_loss
+
+
 class MergeInputs:
     """What a merge method may ask for besides (pivot, experts), built once per seed and only when needed:
     `calibration` (per-expert statistics of its TRAIN split; the Fisher too for methods that declare it),
@@ -151,10 +182,12 @@ class MergeInputs:
         with_fisher = [dataclasses.replace(s, fisher=f) for s, f in zip(self._stats, self._fisher)]
         return with_fisher, {**self._stats_keys, **{f"fisher:{k}": v for k, v in self._fisher_keys.items()}}
 
-    def loss(self, split: str = "val"):
-        if split not in self._losses:
-            self._losses[split] = make_calibration_loss(self.ctx, int(self.ctx.cfg.calibration.per_source), split)
-        return self._losses[split]
+    def loss(self, split: str = "val", kind: str = "caption"):
+        """The caption NLL (`caption`, what the option search compares) or the k-way loss (`kway`)."""
+        if (split, kind) not in self._losses:
+            make = make_kway_loss if kind == "kway" else make_calibration_loss
+            self._losses[(split, kind)] = make(self.ctx, int(self.ctx.cfg.calibration.per_source), split)
+        return self._losses[(split, kind)]
 
     def for_method(self, fn) -> tuple[dict, dict]:
         """(keyword arguments, their identity for the cache key) for what `fn` accepts."""
@@ -164,9 +197,10 @@ class MergeInputs:
             fisher = "fisher" in needs_of(fn)
             kwargs["calibration"], identity["calibration"] = self.stats(fisher)
         if "calibration_loss" in accepted:
-            split = str(self.ctx.cfg.calibration.loss_split)
-            kwargs["calibration_loss"] = self.loss(split)
+            split, kind = str(self.ctx.cfg.calibration.loss_split), str(self.ctx.cfg.calibration.loss_kind)
+            kwargs["calibration_loss"] = self.loss(split, kind)
             identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source), "split": split,
+                                            **({"kind": kind} if kind != "caption" else {}),
                                             "features": {n: a.key for n, a in self.ctx.feature_artifacts.items()}}
         return kwargs, identity
 

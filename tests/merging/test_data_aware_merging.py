@@ -259,5 +259,6 @@ def test_least_squares_consensus_refuses_the_sign_vote(consensus):
 @pytest.mark.parametrize("name", ["regmean", "regmean_plusplus", "fisher", "adamerging", "pivotmerge"])
 def test_data_aware_methods_without_statistics_say_what_to_pass(name):
     pivot = projector(0)
-    with pytest.raises(Exception, match="calibration statistics|--stats"):
+    # PivotMerge's default also measures its layer weights on a calibration loss: it names that first
+    with pytest.raises(Exception, match="calibration statistics|--stats|needs a calibration_loss"):
         merge(name, pivot, [plus(pivot, projector(1, 0.1))])

@@ -61,13 +61,29 @@ def synthetic_stats(expert, fisher: bool):
     return stats
 
 
+def away_from(pivot):
+    """A calibration loss that rewards moving away from the pivot: a method that measures its layer weights on
+    it (PivotMerge's alm=search) keeps every layer's full update, so the contract's algebra applies as written."""
+    def loss(state):
+        moved = [(state[k].double() - pivot[k].double()).norm() for k in pivot if pivot[k].is_floating_point()]
+        return -float(sum(moved))
+    return loss
+
+
+def extras(fn, pivot, experts, given=()):
+    """What the pipeline would pass besides the options: statistics, the calibration loss."""
+    out = {}
+    valid = isinstance(experts, list) and all(isinstance(e, dict) and "0.weight" in e for e in experts)
+    if "calibration" in accepted_extras(fn) and "calibration" not in given and valid:
+        out["calibration"] = [synthetic_stats(e, "fisher" in needs_of(fn)) for e in experts]
+    if "calibration_loss" in accepted_extras(fn) and "calibration_loss" not in given:
+        out["calibration_loss"] = away_from(pivot)
+    return out
+
+
 def merge(name, pivot, experts, **overrides):
-    """The registry's merge, with calibration statistics for the data-aware methods."""
-    fn = get_method(name)
-    if "calibration" in accepted_extras(fn) and "calibration" not in overrides and isinstance(experts, list) and \
-            all(isinstance(e, dict) and "0.weight" in e for e in experts):
-        overrides["calibration"] = [synthetic_stats(e, "fisher" in needs_of(fn)) for e in experts]
-    return registry_merge(name, pivot, experts, **overrides)
+    """The registry's merge, with calibration statistics and loss for the data-aware methods."""
+    return registry_merge(name, pivot, experts, **overrides, **extras(get_method(name), pivot, experts, overrides))
 
 
 def close(a, b, rtol=RTOL, atol=ATOL):
@@ -210,10 +226,12 @@ def test_cli_round_trip(name, tmp_path, capsys):
         extra["calibration"] = [synthetic_stats(e, "fisher" in needs_of(get_method(name))) for e in experts]
         stats_args = ["--stats"] + [str(save_stats(s, tmp_path / f"e{i}.stats.safetensors"))
                                     for i, s in enumerate(extra["calibration"])]
-    rc = main(["merge", name, "--base", str(tmp_path / "pivot.safetensors"), "--experts",
-               str(tmp_path / "e0.safetensors"), str(tmp_path / "e1.safetensors"), "--out", str(out), *stats_args])
+    cli = dict(contract_of(get_method(name)).cli)   # what the CLI needs where it has no calibration loss
+    rc = main(["merge", name, *(f"{k}={v}" for k, v in cli.items()), "--base", str(tmp_path / "pivot.safetensors"),
+               "--experts", str(tmp_path / "e0.safetensors"), str(tmp_path / "e1.safetensors"), "--out", str(out),
+               *stats_args])
     assert rc == 0, capsys.readouterr().err
-    got, ref = load_state_dict(out), merge(name, pivot, experts, **extra)
+    got, ref = load_state_dict(out), merge(name, pivot, experts, **extra, **cli)
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
     assert f"pivotmerge merge: {name}" in capsys.readouterr().out
 
@@ -225,8 +243,6 @@ def test_hydra_config_gives_what_merge_gives(name):
 
     fn = instantiate(OmegaConf.load(conf_dir() / f"{name}.yaml"))
     pivot, experts = make(2)
-    extra = {}
-    if "calibration" in accepted_extras(fn):
-        extra["calibration"] = [synthetic_stats(e, "fisher" in needs_of(fn)) for e in experts]
-    a, b = fn(pivot, experts, **extra), merge(name, pivot, experts)
+    extra = extras(fn, pivot, experts)
+    a, b = fn(pivot, experts, **extra), merge(name, pivot, experts, **extra)
     assert all(torch.equal(a[k], b[k]) for k in a)
