@@ -58,5 +58,6 @@ def test_regime_map_covers_every_axis_and_each_regime_passes_preflight(tmp_path)
     assert {r.align for r in regimes.values()} == {"none", "weights"}
     paper = _cfg("paper_table")
     for regime in regimes.values():   # the same methods and the same search budget in every regime
-        assert set(regime.merge) == set(paper.merge) and regime.merge_search == paper.merge_search
+        assert set(regime.merge) == set(paper.merge) and regime.merge_search.budget == paper.merge_search.budget
+        assert all(regime.merge_search.grids[m] == grid for m, grid in paper.merge_search.grids.items())
     preflight.check(regimes["general_shared_independent_aligned"])   # every axis off its default at once
