@@ -368,12 +368,12 @@ def regime_findings(regime_map) -> list[str]:
 
 
 def regime_section(run_dir: Path, figures: Path, command: str) -> str:
+    from omegaconf import OmegaConf
+
     from eval.regime_map import build_regime_map, plot_heatmap
     from eval.regime_map import to_markdown as map_markdown
 
-    config = (run_dir / "resolved_config.yaml")
-    from omegaconf import OmegaConf
-
+    config = run_dir / ".hydra" / "config.yaml"   # the config the run composed (regimes, notes, options)
     resolved = OmegaConf.load(config) if config.is_file() else OmegaConf.create({})
     names = list(resolved.get("regimes") or {}) or sorted(p.name for p in (run_dir / REGIMES_DIR).iterdir())
     rows = {n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names}
@@ -386,6 +386,10 @@ def regime_section(run_dir: Path, figures: Path, command: str) -> str:
              + (f"; not yet run: {', '.join(missing)}" if missing else "") + ")", "", map_markdown(regime_map)]
     if figure is not None:
         parts += [f"![regime map](figures/{figure.name})", ""]
+    pm = resolved.get("merge", {}).get("pivotmerge")
+    if pm is not None:   # which PivotMerge reading these rows are: the default changes between runs
+        keys = ("sdf_space", "consensus", "filter", "filter_threshold", "alm", "weight_range")
+        parts += [f"PivotMerge in this run: {', '.join(f'{k}={pm.get(k)}' for k in keys)}.", ""]
     parts += ["What it shows:", ""] + [f"- {line}" for line in regime_findings(regime_map)]
     return "\n".join(parts) + "\n"
 
