@@ -90,7 +90,7 @@ def test_data_stage_with_the_cc12m_domain_config(shards, tmp_path):
     cfg = OmegaConf.load("conf/data/source/cc12m_domain.yaml")
     cfg.merge_with({"name": "cc12m_d0", "domain": "d0", "shards": str(shards / "*.tar"),
                     "domain_index": str(index)})
-    split = OmegaConf.create({"train": 2, "val": 1, "test": 1, "seed": 0})
+    split = OmegaConf.create({"train": 2, "val": 1, "test": 1, "pool": 0, "seed": 0})
     artifact = run_data_stage(ArtifactStore(tmp_path / "cache"), "cc12m_d0", cfg, split)
     dataset = load_dataset_dict(artifact.path)
     assert {k: len(v) for k, v in dataset.items()} == {"train": 2, "val": 1, "test": 1}
