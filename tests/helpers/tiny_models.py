@@ -77,3 +77,16 @@ def tiny_model_dict(root: Path) -> dict:
 
 def tiny_model_cfg(root: Path):
     return OmegaConf.create(build_tiny_models(root))
+
+
+def llava_projectors(seed: int, d_in: int, width: int, experts: int = 3):
+    """A pivot mlp2x_gelu projector under LLaVA's key names and `experts` random experts around it (the merge
+    CLI's and the mergekit configs' test checkpoints)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    pivot = {"model.mm_projector.0.weight": torch.randn(width, d_in, generator=g),
+             "model.mm_projector.0.bias": torch.randn(width, generator=g),
+             "model.mm_projector.2.weight": torch.randn(width, width, generator=g),
+             "model.mm_projector.2.bias": torch.randn(width, generator=g)}
+    return pivot, [{k: v + torch.randn(v.shape, generator=g) for k, v in pivot.items()} for _ in range(experts)]

@@ -15,16 +15,12 @@ from pivotmerge.cli import main
 from pivotmerge.io import CheckpointError, load_state_dict, save_state_dict
 from pivotmerge.merging import merge
 from tests.helpers import REPO
+from tests.helpers.tiny_models import llava_projectors
 
 
 @pytest.fixture()
 def ckpts(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    pivot = {"model.mm_projector.0.weight": torch.randn(8, 5, generator=g),
-             "model.mm_projector.0.bias": torch.randn(8, generator=g),
-             "model.mm_projector.2.weight": torch.randn(8, 8, generator=g),
-             "model.mm_projector.2.bias": torch.randn(8, generator=g)}
-    experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in pivot.items()} for _ in range(3)]
+    pivot, experts = llava_projectors(seed=0, d_in=5, width=8)
     save_state_dict(pivot, tmp_path / "pivot.safetensors")
     save_state_dict(pivot, tmp_path / "pivot.bin")
     for i, e in enumerate(experts):

@@ -16,16 +16,12 @@ import torch
 from pivotmerge.cli import main
 from pivotmerge.io import load_state_dict, read_metadata, save_state_dict
 from pivotmerge.merging import merge
+from tests.helpers.tiny_models import llava_projectors
 
 
 @pytest.fixture()
 def ckpts(tmp_path):
-    g = torch.Generator().manual_seed(1)
-    base = {"model.mm_projector.0.weight": torch.randn(16, 6, generator=g),
-            "model.mm_projector.0.bias": torch.randn(16, generator=g),
-            "model.mm_projector.2.weight": torch.randn(16, 16, generator=g),
-            "model.mm_projector.2.bias": torch.randn(16, generator=g)}
-    experts = [{k: v + torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(3)]
+    base, experts = llava_projectors(seed=1, d_in=6, width=16)
     save_state_dict(base, tmp_path / "base.safetensors")
     for i, e in enumerate(experts):
         save_state_dict(e, tmp_path / f"expert_{i}.safetensors")
