@@ -7,6 +7,8 @@ Per regime the paper table is built as usual (eval/table.py); the map keeps, per
              sources from the same pivot): the reference of what one projector can hold;
 and, for PivotMerge, its rank among the merges by accuracy with the paired tests on the same items: how many
 merges are better beyond the 95 % interval (rank 1 = best or tied-best), and its difference to the pivot.
+PivotMerge's own ablations (`merge_variants` whose base is pivotmerge) are not rivals: they are left out of its
+rank and shown apart, as PivotMerge minus each ablation with the paired interval (what each component buys).
 """
 from __future__ import annotations
 
@@ -42,6 +44,15 @@ class RegimeMap:
     tables: dict[str, Table] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
     seeds: dict[str, list[int]] = field(default_factory=dict)
+    ablations: list[str] = field(default_factory=list)          # the reference's own variants, by model name
+    ablation: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
+    # (variant, regime) -> reference minus variant in points, its paired 95 % interval
+
+
+def ablations_of(merge_variants, reference: str = REFERENCE_MERGE) -> list[str]:
+    """Model names of the `merge_variants` built on the reference method (its component ablations)."""
+    method = reference.split(":", 1)[1]
+    return [f"merge:{name}" for name, spec in (merge_variants or {}).items() if spec.get("base") == method]
 
 
 def _accuracy(table: Table, model: str) -> Cell | None:
@@ -49,24 +60,34 @@ def _accuracy(table: Table, model: str) -> Cell | None:
 
 
 def build_regime_map(rows_by_regime: dict[str, list[dict]], descriptions: dict | None = None,
-                     reference: str = REFERENCE_MERGE) -> RegimeMap:
+                     reference: str = REFERENCE_MERGE, ablations=()) -> RegimeMap:
     tables = {name: build_table(rows, reference=reference) for name, rows in rows_by_regime.items()}
     shown = [m for t in tables.values() for m in t.models if kind_of(m) != "expert"]
     result = RegimeMap(list(tables), model_order(shown), tables=tables, descriptions=dict(descriptions or {}),
-                       seeds={name: t.seeds for name, t in tables.items()})
+                       seeds={name: t.seeds for name, t in tables.items()}, ablations=list(ablations))
     for name, table in tables.items():
         for model in table.models:
             if (cell := _accuracy(table, model)) is not None:
                 result.accuracy[(model, name)] = cell
             if (cell := table.cell(model, "% joint")) is not None:
                 result.of_joint[(model, name)] = cell
-        if (standing := _standing(table, reference)) is not None:
+        if (standing := _standing(table, reference, result.ablations)) is not None:
             result.standing[name] = standing
+        for c in table.comparisons:
+            if c.model in result.ablations:
+                result.ablation[(c.model, name)] = (c.difference, c.lo, c.hi)
     return result
 
 
-def _standing(table: Table, reference: str) -> Standing | None:
-    merges = [m for m in table.models if kind_of(m) == "merge" and _accuracy(table, m) is not None]
+def rivals(regime_map: RegimeMap, regime: str) -> list[str]:
+    """The merges with an accuracy in `regime`, the reference's own ablations left out."""
+    return [m for m in regime_map.models if kind_of(m) == "merge" and m not in regime_map.ablations
+            and (m, regime) in regime_map.accuracy]
+
+
+def _standing(table: Table, reference: str, ablations) -> Standing | None:
+    merges = [m for m in table.models if kind_of(m) == "merge" and m not in ablations
+              and _accuracy(table, m) is not None]
     if reference not in merges:
         return None
     order = sorted(merges, key=lambda m: -_accuracy(table, m).mean)
@@ -103,15 +124,24 @@ def to_markdown(regime_map: RegimeMap) -> str:
             s = regime_map.standing.get(r)
             if s is None:
                 continue
-            vs = "–" if s.vs_pivot is None else f"{s.vs_pivot[0]:+.1f} [{s.vs_pivot[1]:+.1f}, {s.vs_pivot[2]:+.1f}]"
+            vs = _fmt_difference(s.vs_pivot)
             rows.append([r, f"{s.rank} of {s.merges}" + (" (tied-best)" if s.tied_best else ""),
                          ", ".join(_short(m) for m in s.better) or "none", str(len(s.worse)), vs])
         lines += md_table(["regime", "rank", "better merges", "worse merges", "vs pivot"], rows)
+    if regime_map.ablation:
+        lines += ["", f"{REFERENCE_MERGE} minus each of its ablations (points, paired 95 % interval on the same "
+                  "items; > 0: the removed component helps):", ""]
+        lines += md_table(["Ablation"] + regimes, [[_short(v)] + [_fmt_difference(regime_map.ablation.get((v, r)))
+                                                                for r in regimes] for v in regime_map.ablations])
     if regime_map.descriptions:
         lines += ["", "Regimes:"] + [f"- `{r}`: {regime_map.descriptions[r]}" for r in regimes
                                      if r in regime_map.descriptions]
     lines += ["", "Seeds per regime: " + ", ".join(f"{r} {s}" for r, s in regime_map.seeds.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _fmt_difference(difference: tuple[float, float, float] | None) -> str:
+    return "–" if difference is None else f"{difference[0]:+.1f} [{difference[1]:+.1f}, {difference[2]:+.1f}]"
 
 
 def _short(model: str) -> str:

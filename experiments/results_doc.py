@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.plots import plot_bars  # noqa: E402
+from eval.regime_map import rivals  # noqa: E402
 from eval.stage2 import section as stage2_section  # noqa: E402
 from eval.store import read_rows  # noqa: E402
 from eval.table import build_table  # noqa: E402
@@ -342,7 +343,7 @@ def regime_findings(regime_map) -> list[str]:
     out = []
     paper = [f"merge:{m}" for m in ("task_arithmetic", "ties", "dare_ties")]
     for regime in regime_map.regimes:
-        merges = [m for m in regime_map.models if m.startswith("merge:") and (m, regime) in regime_map.accuracy]
+        merges = rivals(regime_map, regime)
         if not merges:
             continue
         top = max(merges, key=lambda m: regime_map.accuracy[(m, regime)].mean)
@@ -373,12 +374,12 @@ def regime_section(run_dir: Path, figures: Path, command: str) -> str:
     from eval.regime_map import build_regime_map, plot_heatmap
     from eval.regime_map import to_markdown as map_markdown
 
-    config = run_dir / ".hydra" / "config.yaml"   # the config the run composed (regimes, notes, options)
-    resolved = OmegaConf.load(config) if config.is_file() else OmegaConf.create({})
+    resolved = run_config(run_dir)
     names = list(resolved.get("regimes") or {}) or sorted(p.name for p in (run_dir / REGIMES_DIR).iterdir())
     rows = {n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names}
     notes = OmegaConf.to_container(resolved.get("regime_notes") or OmegaConf.create({}), resolve=True)
-    regime_map = build_regime_map({n: r for n, r in rows.items() if r}, descriptions=notes)
+    regime_map = build_regime_map({n: r for n, r in rows.items() if r}, descriptions=notes,
+                                  ablations=pivotmerge_ablations(resolved))
     figure = plot_heatmap(regime_map, figures / "regime_map.png")
     missing = [n for n in names if not rows[n]]
     parts = ["## Where each method works (regime_map)", "", f"Command: `{command}`  ",
@@ -398,6 +399,22 @@ REGIMES_BEGIN = "<!-- regimes:begin (written by experiments/results_doc.py) -->"
 REGIMES_END = "<!-- regimes:end -->"
 
 
+def run_config(run_dir: Path):
+    """The config the run composed (regimes, notes, variants, options); empty when the folder has none."""
+    from omegaconf import OmegaConf
+
+    config = run_dir / ".hydra" / "config.yaml"
+    return OmegaConf.load(config) if config.is_file() else OmegaConf.create({})
+
+
+def pivotmerge_ablations(resolved) -> list[str]:
+    from omegaconf import OmegaConf
+
+    from eval.regime_map import ablations_of
+
+    return ablations_of(OmegaConf.to_container(resolved.get("merge_variants") or OmegaConf.create({}), resolve=True))
+
+
 def update_regime_block(readme: Path, run_dir: Path) -> bool:
     """Replace the README's regime block with the newest regime map (its markdown, from the stores)."""
     from eval.regime_map import build_regime_map
@@ -408,7 +425,8 @@ def update_regime_block(readme: Path, run_dir: Path) -> bool:
         return False
     names = sorted(p.name for p in (run_dir / REGIMES_DIR).iterdir()
                    if (p / "results" / "results.jsonl").is_file())
-    regime_map = build_regime_map({n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names})
+    regime_map = build_regime_map({n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names},
+                                  ablations=pivotmerge_ablations(run_config(run_dir)))
     intro = (f"Latest `regime_map` (`{_shown(run_dir)}`; `python run.py experiment=regime_map`, its section in "
              "[docs/results.md](docs/results.md)).")
     block = "\n".join([REGIMES_BEGIN, intro, "", map_markdown(regime_map), REGIMES_END])

@@ -79,14 +79,19 @@ def map_source(cfg, output_dir: Path) -> Path:
 
 
 def write_map(cfg, run_dir: Path, names: list[str]):
-    from eval.regime_map import build_regime_map, write_regime_map
+    from eval.regime_map import ablations_of, build_regime_map, write_regime_map
     from eval.store import RESULTS_DIR, read_rows
 
     rows = {name: read_rows([run_dir / REGIMES_DIR / name / RESULTS_DIR]) for name in names}
     notes = cfg.get("regime_notes")
     regime_map = build_regime_map({name: r for name, r in rows.items() if r},
-                                  descriptions=OmegaConf.to_container(notes, resolve=True) if notes else {})
+                                  descriptions=OmegaConf.to_container(notes, resolve=True) if notes else {},
+                                  ablations=ablations_of(_container(cfg.get("merge_variants"))))
     out = Path(cfg.paths.output_dir) / "report"
     paths = write_regime_map(regime_map, out)
     print(f"[  regime] map of {len(regime_map.regimes)} regime(s): {paths['md']}", flush=True)
     return paths
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}

@@ -180,3 +180,26 @@ def test_regime_map_section_and_readme_block_come_from_the_regime_stores(tmp_pat
     assert "the paper's ordering does not hold here" in text
     assert (tmp_path / "docs" / "figures" / "regime_map.png").stat().st_size > 1000
     assert "stale" not in readme.read_text() and "| Model | chance | general |" in readme.read_text()
+
+
+def test_pivotmerge_ablations_leave_its_rank_and_are_reported_as_paired_differences():
+    """A variant of PivotMerge (merge_variants base: pivotmerge) is not a rival: scoring above PivotMerge, it
+    must neither take the best-merge line nor push PivotMerge's rank down; its difference is its own table."""
+    from eval.regime_map import ablations_of, build_regime_map, rivals
+    from eval.regime_map import to_markdown as map_markdown
+    from tests.helpers.rows import result_row
+
+    rows = _regime_rows(0.0)
+    for source in ("digits", "words"):   # the ablation gets 32 of 40 right where PivotMerge gets 24
+        items = [1.0] * 32 + [0.0] * 8
+        rows.append({**result_row("merge:pm_no_x", f"pm_cls_{source}", 0.8), "metric": "acc", "primary": True,
+                     "items": items})
+    ablations = ablations_of({"pm_no_x": {"base": "pivotmerge", "alm": "off"}, "ties_dense": {"base": "ties"}})
+    assert ablations == ["merge:pm_no_x"]
+    regime_map = build_regime_map({"chance": rows}, ablations=ablations)
+    assert rivals(regime_map, "chance") == ["merge:ties", "merge:pivotmerge"]
+    standing = regime_map.standing["chance"]
+    assert (standing.rank, standing.merges, standing.better) == (1, 2, [])
+    difference, lo, hi = regime_map.ablation[("merge:pm_no_x", "chance")]
+    assert difference == -20.0 and hi < 0      # 60 % - 80 %, beyond the paired interval
+    assert "| pm_no_x | -20.0 [" in map_markdown(regime_map)
