@@ -64,6 +64,13 @@ def evaluate_model(adapter, tasks: list[str], manager, settings: dict, batch_siz
     return aggregated, items
 
 
+def llm_adapter(job: Job):
+    """The LoRA adapters (recipe, weights) a job's model carries on its LLM (`sft.llm=lora`), else None."""
+    from pivotmerge.pipeline.sft_lora import saved_adapter
+
+    return saved_adapter(job.projector.path)
+
+
 def save(store, job: Job, results: tuple[dict, dict]) -> None:
     """Commit one evaluation to the cache (unless another process committed the same one meanwhile)."""
     aggregated, items = results
@@ -123,7 +130,7 @@ def evaluate_here(ctx, plan: EvalPlan, pending: list[Job]) -> Iterator[tuple[Job
             continue
         position = plan.jobs.index(job) + 1
         print(f"[    eval] ({position}/{len(plan.jobs)}) {job.model}: {len(job.tasks)} tasks", flush=True)
-        with adapter.using_projector(state, job.model):
+        with adapter.using_projector(state, job.model, llm_adapter(job)):
             results = evaluate_model(adapter, job.tasks, manager, plan.settings, plan.batch_size,
                                      plan.tasks.meta)
         yield job, results, Outcome(time.perf_counter() - started)

@@ -105,6 +105,17 @@ def load_model_config(model_config):
     return cfg.model if "model" in cfg and "llm" not in cfg else cfg
 
 
+@contextlib.contextmanager
+def _adapted(mllm, llm_adapter):
+    if llm_adapter is None:
+        yield
+        return
+    recipe, weights = llm_adapter
+    mllm.reuse_head_kv = False   # the cached chat-prefix keys/values are the frozen LLM's
+    with recipe.applied(mllm.llm, weights):
+        yield
+
+
 class PivotMergeLMM(lmms):
     """lmms-eval model: frozen vision tower + (any) projector + frozen LLM."""
 
@@ -148,18 +159,19 @@ class PivotMergeLMM(lmms):
         self.projector_name = name or "projector"
 
     @contextlib.contextmanager
-    def using_projector(self, state: dict, name: str):
+    def using_projector(self, state: dict, name: str, llm_adapter=None):
         """Evaluate with `state` in the MLLM's projector inside the block; the previous weights come back after
-        (the MLLM is shared with the pipeline's other stages). Shape mismatches are a ConfigError."""
+        (the MLLM is shared with the pipeline's other stages). Shape mismatches are a ConfigError.
+        `llm_adapter`: (LoraRecipe, weights) of a model tuned with `sft.llm=lora`, on the LLM for the block."""
         from pivotmerge.models.mllm import projector_swapped
 
-        previous = self.projector_name
-        with projector_swapped(self.mllm, state):
+        previous, reuse = self.projector_name, self.mllm.reuse_head_kv
+        with projector_swapped(self.mllm, state), _adapted(self.mllm, llm_adapter):
             self.projector_name = name
             try:
                 yield self
             finally:
-                self.projector_name = previous
+                self.projector_name, self.mllm.reuse_head_kv = previous, reuse
 
     def clean(self):
         """lmms-eval calls this after every evaluation and would delete the MLLM; the pipeline reuses one

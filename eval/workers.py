@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from omegaconf import OmegaConf
 
-from eval.evaluate import Outcome, evaluate_model, prefill_features, prefill_sources, task_manager
+from eval.evaluate import Outcome, evaluate_model, llm_adapter, prefill_features, prefill_sources, task_manager
 from eval.plan import EvalPlan, Job
 
 _WORKER: dict = {}   # this worker process's adapter, TaskManager and what every job shares
@@ -36,16 +36,17 @@ def _start(model_cfg, models_dir, seed, threads, adapter_args, sources, manager_
 
 
 def _evaluate(job: tuple) -> tuple:
-    """(model, key, results or None, seconds, skip reason or None) for one (model, key, tasks, projector state)."""
+    """(model, key, results or None, seconds, skip reason or None) for one (model, key, tasks, projector state,
+    LLM adapter or None)."""
     from pivotmerge.models.mllm import projector_mismatch
 
-    model, key, tasks, state = job
+    model, key, tasks, state, adapter_weights = job
     started = time.perf_counter()
     adapter = _WORKER["adapter"]
     problem = projector_mismatch(adapter.mllm.projector, state)
     if problem:
         return model, key, None, time.perf_counter() - started, problem
-    with adapter.using_projector(state, model):
+    with adapter.using_projector(state, model, adapter_weights):
         results = evaluate_model(adapter, tasks, _WORKER["manager"], _WORKER["settings"],
                                  _WORKER["batch_size"], _WORKER["task_meta"])
     return model, key, results, time.perf_counter() - started, None
@@ -80,7 +81,7 @@ def evaluate_in_workers(ctx, plan: EvalPlan, jobs: list[Job],
             threads, plan.adapter_args, prefill_sources(ctx), plan.tasks.manager_args, plan.needs_vision, shared)
     print(f"[    eval] {len(jobs)} projectors in {workers} worker processes x {threads} thread(s)", flush=True)
     by_key = {job.key: job for job in jobs}
-    payloads = [(job.model, job.key, job.tasks, ctx.projector(job.projector)) for job in jobs]
+    payloads = [(job.model, job.key, job.tasks, ctx.projector(job.projector), llm_adapter(job)) for job in jobs]
     with _no_progress_bars(), multiprocessing.get_context("spawn").Pool(workers, initializer=_start,
                                                                         initargs=args) as pool:
         for position, (model, key, results, seconds, skipped) in enumerate(

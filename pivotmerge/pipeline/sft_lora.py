@@ -2,15 +2,20 @@
 
 The pipeline shares one MLLM between stages and models, so the adapters are attached for one training run
 and taken off afterwards (the LLM's own weights are never changed); their trained weights are saved beside the
-projector as `lora.safetensors` in the `sft/<key>` entry.
+projector as `lora.safetensors` in the `sft/<key>` entry, whose manifest keeps the recipe: the evaluation
+attaches the same adapters with those weights for that model only (`saved_adapter`, `LoraRecipe.applied`).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from pivotmerge.errors import ConfigError
 
 LORA_FILE = "lora.safetensors"
 ADAPTER = "sft"
@@ -49,6 +54,45 @@ class LoraRecipe:
             yield params
         finally:
             detach(llm)
+
+
+    @contextmanager
+    def applied(self, llm: torch.nn.Module, state: dict[str, torch.Tensor]) -> Iterator[None]:
+        """The LLM with these adapters holding `state` (a tuned model's `lora_state`) for the block, frozen and
+        without dropout (evaluation); the LLM is as before afterwards."""
+        with self.attached(llm) as params:
+            names = {name for name, _ in llm.named_parameters() if "lora_" in name}
+            if set(state) != names:
+                raise ConfigError(f"saved LoRA weights do not fit the recipe r={self.r}, target_modules="
+                                  f"{list(self.target_modules)}: {len(set(state) ^ names)} tensor names differ")
+            with torch.no_grad():
+                for name, p in llm.named_parameters():
+                    if name in state:
+                        p.copy_(state[name])
+            for p in params:
+                p.requires_grad_(False)
+            for name, module in llm.named_modules():
+                if "lora_dropout" in name:
+                    module.eval()
+            yield
+
+
+def saved_adapter(folder: Path) -> tuple[LoraRecipe, dict[str, torch.Tensor]] | None:
+    """The recipe and weights of the LoRA adapters an `sft` entry holds; None for a frozen-LLM tuning."""
+    from safetensors.torch import load_file
+
+    from pivotmerge.pipeline.artifacts import MANIFEST
+
+    if not (Path(folder) / LORA_FILE).is_file():
+        return None
+    spec = json.loads((Path(folder) / MANIFEST).read_text())["spec"]
+    return LoraRecipe.from_config(_Node(spec["recipe"]["lora"])), load_file(str(Path(folder) / LORA_FILE))
+
+
+class _Node(dict):
+    """Attribute access on a plain dict, as `from_config` reads a config node."""
+
+    __getattr__ = dict.__getitem__
 
 
 def lora_state(llm: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -121,9 +121,6 @@ def check_sft(cfg) -> None:
         raise fail("sft.lora.target_modules", sft.lora.target_modules,
                    f"names unknown module(s) {unknown}" if unknown else "is empty",
                    f"the LLM's linear layers: {', '.join(LORA_MODULES)}")
-    if sft.llm == "lora" and "eval" in cfg.stages:
-        raise fail("sft.llm", sft.llm, "cannot be evaluated yet: the eval stage swaps projectors only, not the "
-                   "LLM's LoRA weights", "sft.llm=frozen, or stages without eval to train and keep the adapters")
 
 
 __all__ = ["check_eval_tasks", "check_integers", "check_seeds", "check_sft", "check_sources", "check_stages_and_steps"]

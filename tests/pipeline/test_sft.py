@@ -128,7 +128,7 @@ def test_killed_sft_resumes_from_checkpoint(tiny_model_cfg, tmp_path, monkeypatc
     ("sft.lora.target_modules=[q_proj,attn_qkv]", "config sft.lora.target_modules=['q_proj', 'attn_qkv'] names "
                                                   "unknown module(s) ['attn_qkv']"),
     ("sft.models=[merges]", "config sft.models=['merges'] names unknown model kind(s) ['merges']"),
-    ("sft.llm=lora", "config sft.llm='lora' cannot be evaluated yet"),
+    ("sft.lora.target_modules=[]", "config sft.lora.target_modules=[] is empty"),
 ])
 def test_bad_sft_options_fail_in_preflight_with_one_line(tiny_model_cfg, tmp_path, override, message):
     cfg = compose_cfg(tmp_path, tiny_model_cfg, STAGE2 + [override])
@@ -143,14 +143,53 @@ def test_sft_options_are_not_checked_when_the_stage_does_not_run(tiny_model_cfg,
 
 
 @pytest.mark.slow
-def test_lora_tuning_saves_adapters_and_leaves_the_shared_llm_as_it_was(tiny_model_cfg, tmp_path):
+def test_lora_tuning_saves_adapters_evaluates_with_them_and_leaves_the_shared_llm_as_it_was(tiny_model_cfg,
+                                                                                           tmp_path):
     from safetensors.torch import load_file
 
-    overrides = STAGE2 + ["stages=[data,features,pivot,experts,merge,sft]", "merge=[ties]", "sft.models=[merge]",
-                          "sft.llm=lora"]
+    from eval.store import read_rows
+
+    overrides = STAGE2 + ["merge=[ties]", "sft.models=[merge]", "sft.llm=lora", "eval.tasks=[pm_cls_digits]"]
     ctx = run(compose_cfg(tmp_path, tiny_model_cfg, overrides))
     adapters = load_file(str(ctx.sft["merge:ties"].path / "lora.safetensors"))
     assert adapters and all("lora_" in k for k in adapters)
     assert any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)   # B starts at 0: it trained
     assert not any("lora_" in k for k in ctx.mllm.llm.state_dict())
     assert not any(p.requires_grad for p in ctx.mllm.llm.parameters())   # frozen again for the next stage
+    rows = read_rows([tmp_path / "out" / "results"])
+    assert {r["model"] for r in rows} >= {"merge:ties", "sft:merge:ties"}
+
+
+def test_evaluation_adapters_are_exact_the_llm_unchanged_after(tiny_model_cfg, tmp_path):
+    """LoRA applied for an evaluation: zero B is the LLM itself to the bit, trained weights change its output
+    by exactly what peft's own forward gives, and the LLM is its frozen self afterwards."""
+    from pivotmerge.models.mllm import build_mllm
+    from pivotmerge.pipeline.sft_lora import LoraRecipe, lora_state
+
+    cfg = compose_cfg(tmp_path, tiny_model_cfg, [])
+    llm = build_mllm(cfg.model, cfg.paths.models_dir).llm.eval()
+    recipe = LoraRecipe(r=2, alpha=4.0, dropout=0.5, lr=1e-3, target_modules=("q_proj", "v_proj"))
+    tokens = torch.tensor([[1, 5, 7, 2, 9]])
+    before = {k: v.clone() for k, v in llm.state_dict().items()}
+    plain = llm(tokens).logits
+    with recipe.attached(llm):
+        trained = {k: torch.randn_like(v) * 0.3 for k, v in lora_state(llm).items()}
+        zero = {k: (torch.zeros_like(v) if "lora_B" in k else v) for k, v in trained.items()}
+    with recipe.applied(llm, zero):
+        assert torch.equal(llm(tokens).logits, plain)
+    with recipe.applied(llm, trained):
+        adapted = llm(tokens).logits
+        assert torch.equal(llm(tokens).logits, adapted)          # dropout 0.5 is off in evaluation
+    assert not torch.allclose(adapted, plain)
+    with recipe.attached(llm):                                     # the same weights through training's path
+        with torch.no_grad():
+            for name, p in llm.named_parameters():
+                if name in trained:
+                    p.copy_(trained[name])
+        llm.eval()
+        assert torch.allclose(llm(tokens).logits, adapted)
+    assert llm.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in llm.state_dict().items())
+    with pytest.raises(Exception, match="do not fit the recipe"):
+        with recipe.applied(llm, {"nope": torch.zeros(1)}):
+            pass
