@@ -10,7 +10,7 @@ each source's captions, or the caption NLL). VAL rows serve the option search on
 
 Before a method runs, the experts are mapped into the pivot's frame by `align` (none | weights |
 activations; the run's `align`, or the method's own `align` key, e.g. a merge_variants entry):
-pivotmerge/merging/align.py. With `merge_diagnostics.lmc` the stage also measures the
+pivotmerge/pivotmerge_method/align.py. With `merge_diagnostics.lmc` the stage also measures the
 loss barriers between pivot and experts (pivotmerge/pipeline/lmc.py).
 """
 from __future__ import annotations
@@ -174,7 +174,7 @@ class MergeInputs:
         self._aligned: dict[str, list] = {}
 
     def aligned(self, mode: str) -> list:
-        """The experts in the pivot's frame (pivotmerge/merging/align.py), computed once per mode."""
+        """The experts in the pivot's frame (pivotmerge/pivotmerge_method/align.py), computed once per mode."""
         statistics = self.stats(False)[0] if mode == "activations" else None
         return aligned_experts(self.pivot, self.experts, mode, statistics, self._aligned)
 

@@ -44,8 +44,8 @@ Reductions (tested): sdf=false, alm=off is exactly ``task_arithmetic`` with the 
 rank_ratio=1, filter=none, alm=off, lam=1 is weight averaging (up to float rounding).
 
 Where each part lives: this module checks the options and puts the parts together (one layer at a time);
-SDF in the task-vector space is pivotmerge/sdf.py, SDF in the feature space (``sdf_space=features``)
-pivotmerge/sdf_features.py, ALM pivotmerge/alm.py.
+SDF in the task-vector space is sdf.py, SDF in the feature space (``sdf_space=features``)
+sdf_features.py, ALM alm.py.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor
 
-from pivotmerge.alm import ALM_MODES, ALM_PROBES, ALM_PROXIES, data_scores, layer_weights, searched_weights
 from pivotmerge.merging.calibration import check_stats
 from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.errors import MergeConfigError
@@ -70,8 +69,16 @@ from pivotmerge.merging.ops import (
     summed_task_vector,
 )
 from pivotmerge.merging.spec import Options, choice, flag, fraction, merge_method, number, weight_interval
-from pivotmerge.sdf import FILTERS, RANK_MODES, layer_spectrum, shared_space_update
-from pivotmerge.sdf_features import CONSENSUS, LAYER_INPUTS, feature_space_deltas
+from pivotmerge.pivotmerge_method.alm import (
+    ALM_MODES,
+    ALM_PROBES,
+    ALM_PROXIES,
+    data_scores,
+    layer_weights,
+    searched_weights,
+)
+from pivotmerge.pivotmerge_method.sdf import FILTERS, RANK_MODES, layer_spectrum, shared_space_update
+from pivotmerge.pivotmerge_method.sdf_features import CONSENSUS, LAYER_INPUTS, feature_space_deltas
 
 NAME = "pivotmerge"
 SDF_SPACES = ("task_vectors", "features")
