@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from pivotmerge.merging.calibration import ExpertStats, check_stats, layer_keys, linear_layers, projector_forward
-from pivotmerge.merging.checks import check_int, check_number, validate_inputs
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import finalize, float_keys, mean_task_vector
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, integer, merge_method, number
 
 NAME = "adamerging"
 
@@ -40,48 +40,38 @@ def _row_chunks(rows: int, chunks: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-@contract(symmetric={})
+@merge_method(NAME, options={"init": number(), "steps": integer(minimum=0), "lr": number(0.0, exclusive=True),
+                             "chunks": integer(minimum=1), "batch_tokens": integer(minimum=1), "seed": integer()},
+              symmetric={}, search="init", statistics=True)
 def adamerging_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    init: float,
-    steps: int,
-    lr: float,
-    chunks: int,
-    batch_tokens: int,
-    seed: int,
     calibration: Sequence[ExpertStats] | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """Coefficients per (expert, layer, row chunk) fitted by feature matching (see the module docstring)."""
-    init = check_number(NAME, "init", init)
-    steps = check_int(NAME, "steps", steps, minimum=0)
-    lr = check_number(NAME, "lr", lr, minimum=0.0, exclusive_minimum=True)
-    chunks = check_int(NAME, "chunks", chunks, minimum=1)
-    batch_tokens = check_int(NAME, "batch_tokens", batch_tokens, minimum=1)
-    seed = check_int(NAME, "seed", seed)
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
     stats = check_stats(calibration, len(experts), NAME, inputs=True)
     layers = linear_layers(pivot)
     base = {k: pivot[k].float() for k in float_keys(pivot)}
     taus = [{k: e[k].float() - base[k] for k in base} for e in experts]
-    slices = {layer: _row_chunks(pivot[layer_keys(layer)[0]].shape[0], chunks) for layer in layers}
-    coefficients = torch.full((len(experts), sum(len(s) for s in slices.values())), float(init), requires_grad=True)
+    slices = {layer: _row_chunks(pivot[layer_keys(layer)[0]].shape[0], o.chunks) for layer in layers}
+    coefficients = torch.full((len(experts), sum(len(s) for s in slices.values())), float(o.init), requires_grad=True)
 
     def merged_state() -> dict[str, Tensor]:
         return _merged_state(coefficients, base, taus, layers, slices)
 
-    losses = _fit(coefficients, merged_state, base, taus, stats, steps=steps, lr=lr, batch_tokens=batch_tokens,
-                  seed=seed)
+    losses = _fit(coefficients, merged_state, base, taus, stats, steps=o.steps, lr=o.lr, batch_tokens=o.batch_tokens,
+                  seed=o.seed)
     with torch.no_grad():
         merged = {k: v.detach() for k, v in merged_state().items()}
     for key in float_keys(pivot):
         if key not in merged:   # outside the Linear layers: averaged
             merged[key] = base[key] + mean_task_vector(pivot, experts, key).float()
     if diagnostics is not None:
-        diagnostics.update(method=NAME, options={"init": init, "steps": steps, "lr": lr, "chunks": chunks,
-                                                 "batch_tokens": batch_tokens, "seed": seed},
+        diagnostics.update(method=NAME, options=dict(o),
                            coefficients=coefficients.detach().tolist(),
                            fit_loss_first_last=[losses[0], losses[-1]] if losses else None)
     return finalize(pivot, merged)

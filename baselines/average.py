@@ -9,13 +9,14 @@ from torch import Tensor
 
 from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import compute_dtype, finalize, float_keys
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, merge_method
 
 
-@contract(one_expert={}, identical="mean")
+@merge_method("average", options={}, one_expert={}, identical="mean")
 def average_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:

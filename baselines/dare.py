@@ -22,13 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pivotmerge.merging.checks import (
-    check_choice,
-    check_fraction,
-    check_int,
-    check_number,
-    validate_inputs,
-)
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import (
     TIES_COMBINES,
     TIES_SCOPES,
@@ -41,7 +35,7 @@ from pivotmerge.merging.ops import (
     layer_name,
     ties_combine,
 )
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, choice, fraction, integer, merge_method, number
 
 
 class DroppedTaskVectors:
@@ -106,57 +100,45 @@ def _dropped_views(pivot, experts, name: str, p, seed, diagnostics) -> tuple[lis
     return keys, views
 
 
-@contract(scale="lam", one_expert={"p": 0.0}, identical="sum", symmetric={"p": 0.0})
+DROP = {"p": fraction(), "seed": integer()}   # the drop every DARE variant shares
+
+
+@merge_method("dare_ta", options={**DROP, "lam": number()},
+              scale="lam", one_expert={"p": 0.0}, identical="sum", symmetric={"p": 0.0})
 def dare_ta_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    p: float,
-    seed: int,
-    lam: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """DARE + Task Arithmetic: pivot + lam * sum_k dare_p(tau_k)."""
-    p = check_fraction("dare_ta", "p", p)
-    seed = check_int("dare_ta", "seed", seed)
-    lam = check_number("dare_ta", "lam", lam)
-    keys, views = _dropped_views(pivot, experts, "dare_ta", p, seed, diagnostics)
+    keys, views = _dropped_views(pivot, experts, "dare_ta", o.p, o.seed, diagnostics)
     upd = {}
     for v in views:
         upd[v.key] = v.tensor().sum(0).reshape(v.shape)
         v.release()
-    merged = {k: apply_update(pivot[k], upd.pop(k), lam) for k in keys}
+    merged = {k: apply_update(pivot[k], upd.pop(k), o.lam) for k in keys}
     if diagnostics is not None:
-        diagnostics.update(method="dare_ta", options=dict(p=p, seed=seed, lam=lam))
+        diagnostics.update(method="dare_ta", options=dict(o))
     return finalize(pivot, merged)
 
 
-@contract(scale="lam", one_expert={"p": 0.0, "density": 1.0}, identical="mean", symmetric={"p": 0.0})
+@merge_method("dare_ties", options={**DROP, "density": fraction(), "scope": choice(TIES_SCOPES),
+                                     "sign": choice(TIES_SIGNS), "combine": choice(TIES_COMBINES), "lam": number()},
+              scale="lam", one_expert={"p": 0.0, "density": 1.0}, identical="mean", symmetric={"p": 0.0})
 def dare_ties_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    p: float,
-    seed: int,
-    density: float,
-    scope: str,
-    sign: str,
-    combine: str,
-    lam: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """DARE + TIES: pivot + lam * TIES(dare_p(tau_k)) (TIES options as in conf/merge/ties.yaml)."""
-    p = check_fraction("dare_ties", "p", p)
-    seed = check_int("dare_ties", "seed", seed)
-    density = check_fraction("dare_ties", "density", density)
-    scope = check_choice("dare_ties", "scope", scope, TIES_SCOPES)
-    sign = check_choice("dare_ties", "sign", sign, TIES_SIGNS)
-    combine = check_choice("dare_ties", "combine", combine, TIES_COMBINES)
-    lam = check_number("dare_ties", "lam", lam)
-    keys, views = _dropped_views(pivot, experts, "dare_ties", p, seed, diagnostics)
-    upd = ties_combine(views, density=density, scope=scope, sign=sign, combine=combine, diagnostics=diagnostics)
-    merged = {k: apply_update(pivot[k], upd.pop(k), lam) for k in keys}
+    keys, views = _dropped_views(pivot, experts, "dare_ties", o.p, o.seed, diagnostics)
+    upd = ties_combine(views, density=o.density, scope=o.scope, sign=o.sign, combine=o.combine,
+                       diagnostics=diagnostics)
+    merged = {k: apply_update(pivot[k], upd.pop(k), o.lam) for k in keys}
     if diagnostics is not None:
-        diagnostics.update(method="dare_ties", options=dict(p=p, seed=seed, density=density, scope=scope,
-                                                           sign=sign, combine=combine, lam=lam))
+        diagnostics.update(method="dare_ties", options=dict(o))
     return finalize(pivot, merged)

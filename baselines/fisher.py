@@ -13,29 +13,26 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from pivotmerge.merging.calibration import ExpertStats, calibration_needs, check_stats
-from pivotmerge.merging.checks import check_number, validate_inputs
+from pivotmerge.merging.calibration import ExpertStats, check_stats
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.errors import MergeInputError
 from pivotmerge.merging.ops import TaskVectorsOf, apply_update, finalize, float_keys
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, merge_method, number
 
 NAME = "fisher"
 
 
-@calibration_needs("fisher")
-@contract(scale="lam", one_expert={}, identical="mean")
+@merge_method(NAME, options={"fisher_floor": number(0.0), "lam": number()}, scale="lam", one_expert={},
+              identical="mean", statistics=True, fisher=True)
 def fisher_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    fisher_floor: float,
-    lam: float,
     calibration: Sequence[ExpertStats] | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """Fisher-weighted average of the task vectors (see the module docstring)."""
-    fisher_floor = check_number(NAME, "fisher_floor", fisher_floor, minimum=0.0)
-    lam = check_number(NAME, "lam", lam)
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
     stats = check_stats(calibration, len(experts), NAME, fisher=True)
     merged = {}
@@ -46,10 +43,10 @@ def fisher_merge(
                 raise MergeInputError(f"{NAME}: the Fisher of expert {i} has no tensor {key!r} of shape "
                                       f"{tuple(pivot[key].shape)}")
             fishers.append(s.fisher[key].double())
-        eps = fisher_floor * max(float(f.max()) for f in fishers) + 1e-30
+        eps = o.fisher_floor * max(float(f.max()) for f in fishers) + 1e-30
         taus = TaskVectorsOf(pivot, experts, key)
         numerator = sum((f + eps) * taus[i].double() for i, f in enumerate(fishers))
-        merged[key] = apply_update(pivot[key].double(), numerator / sum(f + eps for f in fishers), lam)
+        merged[key] = apply_update(pivot[key].double(), numerator / sum(f + eps for f in fishers), o.lam)
     if diagnostics is not None:
-        diagnostics.update(method=NAME, options={"fisher_floor": fisher_floor, "lam": lam})
+        diagnostics.update(method=NAME, options=dict(o))
     return finalize(pivot, merged)

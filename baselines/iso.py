@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pivotmerge.merging.checks import check_fraction, check_number, validate_inputs
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import (
     TaskVectorsOf,
     apply_update,
@@ -37,7 +37,7 @@ from pivotmerge.merging.ops import (
     summed_task_vector,
     thin_svd,
 )
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, fraction, merge_method, number
 
 
 def iso_c_matrix(delta: Tensor) -> tuple[Tensor, float]:
@@ -96,16 +96,15 @@ def iso_cts_matrix(delta: Tensor, taus: Sequence[Tensor], fraction: float) -> tu
     return (u_orth @ v_orth.T).mul_(sbar), sbar, k_c
 
 
-@contract(scale="alpha", one_expert=None, identical=None)
+@merge_method("iso_c", options={"alpha": number()}, scale="alpha", one_expert=None, identical=None)
 def iso_c_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    alpha: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """Iso-C (module docstring): the summed task matrix with a flat spectrum, scaled by ``alpha``."""
-    alpha = check_number("iso_c", "alpha", alpha)
     validate_inputs(pivot, experts, min_experts=1, method="iso_c")
     merged = {}
     for key in float_keys(pivot):
@@ -114,37 +113,35 @@ def iso_c_merge(
             diag_layer(diagnostics, layer_name(key)).setdefault("iso_singular_value", {})[key] = sbar
         else:
             update = mean_task_vector(pivot, experts, key)
-        merged[key] = apply_update(pivot[key], update, alpha)
+        merged[key] = apply_update(pivot[key], update, o.alpha)
     if diagnostics is not None:
-        diagnostics.update(method="iso_c", options={"alpha": alpha})
+        diagnostics.update(method="iso_c", options=dict(o))
     return finalize(pivot, merged)
 
 
-@contract(scale="alpha", one_expert=None, identical=None)
+@merge_method("iso_cts", options={"common_space_fraction": fraction(), "alpha": number()},
+              scale="alpha", one_expert=None, identical=None)
 def iso_cts_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    common_space_fraction: float,
-    alpha: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """Iso-CTS (module docstring): common plus task-specific subspaces, flat spectrum, scaled by ``alpha``."""
-    fraction = check_fraction("iso_cts", "common_space_fraction", common_space_fraction)
-    alpha = check_number("iso_cts", "alpha", alpha)
     validate_inputs(pivot, experts, min_experts=1, method="iso_cts")
     merged = {}
     for key in float_keys(pivot):
         if is_matrix(pivot[key]):
             # no reference kept to the summed matrix: iso_cts_matrix frees it once decomposed
             update, sbar, k_c = iso_cts_matrix(summed_task_vector(pivot, experts, key),
-                                               TaskVectorsOf(pivot, experts, key), fraction)
+                                               TaskVectorsOf(pivot, experts, key), o.common_space_fraction)
             rec = diag_layer(diagnostics, layer_name(key))
             rec.setdefault("iso_singular_value", {})[key] = sbar
             rec.setdefault("common_rank", {})[key] = k_c
         else:
             update = mean_task_vector(pivot, experts, key)
-        merged[key] = apply_update(pivot[key], update, alpha)
+        merged[key] = apply_update(pivot[key], update, o.alpha)
     if diagnostics is not None:
-        diagnostics.update(method="iso_cts", options={"common_space_fraction": fraction, "alpha": alpha})
+        diagnostics.update(method="iso_cts", options=dict(o))
     return finalize(pivot, merged)

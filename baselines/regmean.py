@@ -29,39 +29,37 @@ from pivotmerge.merging.calibration import (
     shrink,
     split_update,
 )
-from pivotmerge.merging.checks import check_fraction, check_number, validate_inputs
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import apply_update, diag_layer, finalize, float_keys, mean_task_vector
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, fraction, merge_method, number
 
 NAME = "regmean"
 
 
-@contract(scale="lam", one_expert={}, identical="mean")
+@merge_method(NAME, options={"alpha": fraction(), "lam": number()}, scale="lam", one_expert={}, identical="mean",
+              statistics=True)
 def regmean_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    alpha: float,
-    lam: float,
     calibration: Sequence[ExpertStats] | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """RegMean on each Linear layer from the experts' own-domain input Grams (see the module docstring)."""
-    alpha = check_fraction(NAME, "alpha", alpha)
-    lam = check_number(NAME, "lam", lam)
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
     stats = check_stats(calibration, len(experts), NAME)
     merged: dict[str, Tensor] = {}
     for layer in linear_layers(pivot):
-        grams = [shrink(layer_gram(s, pivot, layer), alpha) for s in stats]
+        grams = [shrink(layer_gram(s, pivot, layer), o.alpha) for s in stats]
         delta = regmean_solve([augmented_task_matrix(pivot, e, layer) for e in experts], grams)
         for key, update in split_update(pivot, layer, delta).items():
-            merged[key] = apply_update(pivot[key].double(), update.clone(), lam)
+            merged[key] = apply_update(pivot[key].double(), update.clone(), o.lam)
     for key in float_keys(pivot):
         if key not in merged:   # outside the Linear layers: averaged, as in the paper
-            merged[key] = apply_update(pivot[key].double(), mean_task_vector(pivot, experts, key).double(), lam)
+            merged[key] = apply_update(pivot[key].double(), mean_task_vector(pivot, experts, key).double(), o.lam)
     if diagnostics is not None:
-        diagnostics.update(method=NAME, options={"alpha": alpha, "lam": lam})
+        diagnostics.update(method=NAME, options=dict(o))
         for layer in linear_layers(pivot):
             diag_layer(diagnostics, layer or "linear")["calibration_tokens"] = [s.counts.get(layer) for s in stats]
     return finalize(pivot, merged)

@@ -29,26 +29,24 @@ from pivotmerge.merging.calibration import (
     shrink,
     split_update,
 )
-from pivotmerge.merging.checks import check_fraction, check_number, validate_inputs
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import apply_update, finalize, float_keys, mean_task_vector
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, fraction, merge_method, number
 
 NAME = "regmean_plusplus"
 
 
-@contract(scale="lam", one_expert={}, identical="mean")
+@merge_method(NAME, options={"alpha": fraction(), "lam": number()}, scale="lam", one_expert={}, identical="mean",
+              statistics=True)
 def regmean_plusplus_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    alpha: float,
-    lam: float,
     calibration: Sequence[ExpertStats] | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """RegMean layer by layer, later Grams from the merged earlier layers (see the module docstring)."""
-    alpha = check_fraction(NAME, "alpha", alpha)
-    lam = check_number(NAME, "lam", lam)
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
     stats = check_stats(calibration, len(experts), NAME, inputs=True)
     deltas: dict[str, Tensor] = {}
@@ -61,15 +59,15 @@ def regmean_plusplus_merge(
             has_bias = layer_keys(layer)[1] in pivot
             grams = [augmented_gram(x) if has_bias else augmented_gram(x)[:-1, :-1] for x in activations]
         delta = regmean_solve([augmented_task_matrix(pivot, e, layer) for e in experts],
-                              [shrink(g, alpha) for g in grams])
+                              [shrink(g, o.alpha) for g in grams])
         deltas.update(split_update(pivot, layer, delta))
         if index + 1 < len(layers):
             current = {k: pivot[k].double() + deltas[k] for k in layer_keys(layer) if k in deltas}
             activations = [torch.nn.functional.gelu(apply_layer(current, layer, x)) for x in activations]
-    merged = {key: apply_update(pivot[key].double(), update.clone(), lam) for key, update in deltas.items()}
+    merged = {key: apply_update(pivot[key].double(), update.clone(), o.lam) for key, update in deltas.items()}
     for key in float_keys(pivot):
         if key not in merged:
-            merged[key] = apply_update(pivot[key].double(), mean_task_vector(pivot, experts, key).double(), lam)
+            merged[key] = apply_update(pivot[key].double(), mean_task_vector(pivot, experts, key).double(), o.lam)
     if diagnostics is not None:
-        diagnostics.update(method=NAME, options={"alpha": alpha, "lam": lam})
+        diagnostics.update(method=NAME, options=dict(o))
     return finalize(pivot, merged)

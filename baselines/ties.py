@@ -24,12 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from pivotmerge.merging.checks import (
-    check_choice,
-    check_fraction,
-    check_number,
-    validate_inputs,
-)
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import (
     TIES_COMBINES,
     TIES_SCOPES,
@@ -40,40 +35,31 @@ from pivotmerge.merging.ops import (
     float_keys,
     ties_combine,
 )
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, choice, fraction, merge_method, number
 
 
-@contract(scale="lam", one_expert={"density": 1.0}, identical="mean")
+@merge_method("ties", options={"density": fraction(), "scope": choice(TIES_SCOPES), "sign": choice(TIES_SIGNS),
+                                "combine": choice(TIES_COMBINES), "lam": number()},
+              scale="lam", one_expert={"density": 1.0}, identical="mean")
 def ties_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    density: float,
-    scope: str,
-    sign: str,
-    combine: str,
-    lam: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """TIES-Merging (module docstring; defaults in conf/merge/ties.yaml follow the TIES paper)."""
-    density = check_fraction("ties", "density", density)
-    scope = check_choice("ties", "scope", scope, TIES_SCOPES)
-    sign = check_choice("ties", "sign", sign, TIES_SIGNS)
-    combine = check_choice("ties", "combine", combine, TIES_COMBINES)
-    lam = check_number("ties", "lam", lam)
     validate_inputs(pivot, experts, min_experts=1, method="ties")
     keys = float_keys(pivot)
     upd = ties_combine(
         [FlatTaskVectors(pivot, experts, k) for k in keys],
-        density=density,
-        scope=scope,
-        sign=sign,
-        combine=combine,
+        density=o.density,
+        scope=o.scope,
+        sign=o.sign,
+        combine=o.combine,
         diagnostics=diagnostics,
     )
-    merged = {k: apply_update(pivot[k], upd.pop(k), lam) for k in keys}
+    merged = {k: apply_update(pivot[k], upd.pop(k), o.lam) for k in keys}
     if diagnostics is not None:
-        diagnostics.update(
-            method="ties", options=dict(density=density, scope=scope, sign=sign, combine=combine, lam=lam)
-        )
+        diagnostics.update(method="ties", options=dict(o))
     return finalize(pivot, merged)

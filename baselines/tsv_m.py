@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pivotmerge.merging.checks import check_number, validate_inputs
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.ops import (
     TaskVectorsOf,
     apply_update,
@@ -34,7 +34,7 @@ from pivotmerge.merging.ops import (
     polar,
     thin_svd,
 )
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, merge_method, number
 
 NAME = "tsv_m"
 
@@ -63,16 +63,15 @@ def tsv_matrix(taus: Sequence[Tensor]) -> Tensor:
     return left @ right.T
 
 
-@contract(scale="alpha", one_expert={}, identical=None)
+@merge_method(NAME, options={"alpha": number()}, scale="alpha", one_expert={}, identical=None)
 def tsv_m_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    alpha: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """TSV-M (module docstring): per-task top-1/K singular triplets, orthogonalised, scaled by ``alpha``."""
-    alpha = check_number(NAME, "alpha", alpha)
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
     merged = {}
     for key in float_keys(pivot):
@@ -82,7 +81,7 @@ def tsv_m_merge(
                 min(pivot[key].shape) // len(experts))
         else:
             update = mean_task_vector(pivot, experts, key)
-        merged[key] = apply_update(pivot[key], update, alpha)
+        merged[key] = apply_update(pivot[key], update, o.alpha)
     if diagnostics is not None:
-        diagnostics.update(method=NAME, options={"alpha": alpha})
+        diagnostics.update(method=NAME, options=dict(o))
     return finalize(pivot, merged)

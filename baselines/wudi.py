@@ -28,12 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pivotmerge.merging.checks import (
-    check_choice,
-    check_int,
-    check_number,
-    validate_inputs,
-)
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.errors import MergeInputError
 from pivotmerge.merging.ops import (
     TaskVectorsOf,
@@ -45,7 +40,7 @@ from pivotmerge.merging.ops import (
     layer_name,
     mean_task_vector,
 )
-from pivotmerge.merging.registry import contract
+from pivotmerge.merging.spec import Options, choice, integer, merge_method, number
 
 NAME = "wudi"
 SOLVERS = ("closed_form", "adam")
@@ -133,22 +128,17 @@ def wudi_matrix(taus: Sequence[Tensor], solver: str, steps: int, lr: float, reco
     return t
 
 
-@contract(scale="lam", one_expert={}, identical="mean")
+@merge_method(NAME, options={"solver": choice(SOLVERS), "steps": integer(minimum=0),
+                             "lr": number(0.0, exclusive=True), "lam": number()},
+              scale="lam", one_expert={}, identical="mean")
 def wudi_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    solver: str,
-    steps: int,
-    lr: float,
-    lam: float,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """WUDI-Merging (module docstring): per linear layer, the task matrix minimising the interference loss."""
-    solver = check_choice(NAME, "solver", solver, SOLVERS)
-    steps = check_int(NAME, "steps", steps, minimum=0)
-    lr = check_number(NAME, "lr", lr, minimum=0.0, exclusive_minimum=True)
-    lam = check_number(NAME, "lam", lam)
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
     merged = {}
     for key in float_keys(pivot):
@@ -156,10 +146,10 @@ def wudi_merge(
             record = None
             if diagnostics is not None:
                 record = diag_layer(diagnostics, layer_name(key)).setdefault("wudi_objective", {}).setdefault(key, {})
-            update = wudi_matrix(TaskVectorsOf(pivot, experts, key), solver, steps, lr, record)
+            update = wudi_matrix(TaskVectorsOf(pivot, experts, key), o.solver, o.steps, o.lr, record)
         else:
             update = mean_task_vector(pivot, experts, key)
-        merged[key] = apply_update(pivot[key], update, lam)
+        merged[key] = apply_update(pivot[key], update, o.lam)
     if diagnostics is not None:
-        diagnostics.update(method=NAME, options=dict(solver=solver, steps=steps, lr=lr, lam=lam))
+        diagnostics.update(method=NAME, options=dict(o))
     return finalize(pivot, merged)

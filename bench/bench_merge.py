@@ -157,7 +157,7 @@ def worker(name: str, n_experts: int, repeats: int) -> dict:
 
     def call(pivot, experts, **over):
         return run_reference(kind, pivot, experts, {**opts, **over}) if reference else merge(kind, pivot, experts,
-                                                                                            **{**opts, **over})
+                                                                                            {**opts, **over})
 
     # warm up torch kernels (and import the reference library) on small tensors so first-call overheads
     # are not timed

@@ -45,8 +45,8 @@ def main(argv=None) -> None:
                    root=ROOT, output_dir=ROOT / "outputs" / "pivotmerge_readings")
     with open_dict(base):
         base.merge_variants = OmegaConf.create({n: {"base": "pivotmerge", **o} for n, o in READINGS.items()})
-        base.merge_search.grids.update({n: OmegaConf.to_container(base.merge_search.grids.pivotmerge)
-                                        for n in READINGS})
+        # variants are searched only through `grids`: the same scale values as every method of the table
+        base.merge_search.grids.update({n: {"lam": list(base.merge_search.scale_values)} for n in READINGS})
     configs = regime_configs(base)
     rows, mllm = {}, None
     for name in args.regimes:

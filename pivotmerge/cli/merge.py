@@ -256,25 +256,25 @@ def _configure_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("options", nargs="*", metavar="option=value", help="method options, named as in the YAML")
 
 
-def _calibration_for(fn, method: str, stats_files, n_experts: int) -> dict:
-    """{"calibration": [ExpertStats, ...]} from --stats for a method that takes statistics, {} otherwise.
+def _statistics_for(fn, method: str, stats_files, n_experts: int) -> list | None:
+    """Each expert's statistics from --stats for a method that takes them, None otherwise.
 
     Without --stats a method that takes them gets none: whether it needs them may depend on its options
     (PivotMerge's task-vector reading does not), and one that does says so, naming --stats."""
-    from pivotmerge.merging import accepted_extras
+    from pivotmerge.merging import spec_of
     from pivotmerge.merging.calibration import load_stats
 
-    if "calibration" not in accepted_extras(fn):
+    if "calibration" not in spec_of(fn).takes:
         if stats_files:
             raise CLIError(f"merge method {method!r} is data-free: it takes no --stats")
-        return {}
+        return None
     if not stats_files:
         # whether the statistics are needed can depend on the options (pivotmerge_data_free takes the same
         # function); a method that needs them says so itself, naming --stats
-        return {}
+        return None
     if len(stats_files) != n_experts:
         raise CLIError(f"--stats has {len(stats_files)} files for {n_experts} experts (one per expert, same order)")
-    return {"calibration": [load_stats(path) for path in stats_files]}
+    return [load_stats(path) for path in stats_files]
 
 
 def _fmt(x: float) -> str:
@@ -284,7 +284,7 @@ def _fmt(x: float) -> str:
 @subcommand("merge", help="merge expert projector checkpoints into one", configure=_configure_merge, accepts_extra=True)
 def run_merge(args: argparse.Namespace) -> int:
     from pivotmerge.io import load_state_dict, save_state_dict
-    from pivotmerge.merging import validate_inputs
+    from pivotmerge.merging import merge, validate_inputs
     from pivotmerge.merging.diagnostics import collect, write_diagnostics
 
     t0 = time.perf_counter()
@@ -296,7 +296,7 @@ def run_merge(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: unsupported extension; use .safetensors, .bin, .pt or .pth")
     if out.exists() and not args.force:
         raise CLIError(f"--out {out} exists; pass --force to replace it")
-    calibration = _calibration_for(fn, request.method, args.stats, len(request.experts))
+    statistics = _statistics_for(fn, request.method, args.stats, len(request.experts))
     pivot = cast_floats(load_state_dict(request.base), request.dtype)
     expert_sds = [cast_floats(load_state_dict(e), request.dtype) for e in request.experts]
     t_load = time.perf_counter() - t0
@@ -305,7 +305,7 @@ def run_merge(args: argparse.Namespace) -> int:
     expert_sds = weighted_experts(pivot, expert_sds, request.weights)
     diag: dict = {}
     t1 = time.perf_counter()
-    merged = cast_floats(fn(pivot, expert_sds, **request.options, diagnostics=diag, **calibration),
+    merged = cast_floats(merge(fn, pivot, expert_sds, request.options, statistics=statistics, diagnostics=diag),
                          request.out_dtype)
     t_merge = time.perf_counter() - t1
     save_state_dict(merged, out, metadata=provenance(request))

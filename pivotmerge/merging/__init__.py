@@ -10,21 +10,18 @@ no global state. Floating-point tensors are computed in float32 (float64 stays f
 the pivot's dtype; non-floating tensors (integer buffers) are copied from the pivot.
 
 * :mod:`pivotmerge.merging.registry`: the methods are the files ``conf/merge/<name>.yaml`` (``_target_``
-  = the function, keys = its options with their defaults); :func:`merge` runs one by name.
+  = the function, keys = its options with their defaults).
+* :mod:`pivotmerge.merging.spec`: what a method declares (``@merge_method``: options' kinds and ranges, its
+  contract, the option a scale search varies, the statistics or loss it needs); the option checks come from it.
+* :mod:`pivotmerge.merging.call`: :func:`merge`, the one way to run a method (by name or function).
 * :mod:`pivotmerge.merging.ops`: task vectors, streaming, trim/sign election, per-layer grouping, SVD.
-* :mod:`pivotmerge.merging.checks`: :func:`validate_inputs` and the option checks.
+* :mod:`pivotmerge.merging.checks`: :func:`validate_inputs` and the checks of the option kinds.
 
 Adding a method: one Python file with the function and one YAML naming it (docs/method.md).
 """
 
-from pivotmerge.merging.checks import (
-    check_bool,
-    check_choice,
-    check_fraction,
-    check_int,
-    check_number,
-    validate_inputs,
-)
+from pivotmerge.merging.call import merge
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.errors import MergeConfigError, MergeError, MergeInputError
 from pivotmerge.merging.ops import (
     CHUNK,
@@ -41,51 +38,41 @@ from pivotmerge.merging.ops import (
     task_vectors,
 )
 from pivotmerge.merging.registry import (
-    NON_OPTIONS,
-    Contract,
-    accepted_extras,
     available,
     conf_dir,
-    contract,
-    contract_of,
     get_method,
-    merge,
+    get_spec,
     method_defaults,
-    method_options,
     needs_calibration,
 )
+from pivotmerge.merging.spec import Contract, MethodSpec, Options, merge_method, spec_of
 
 __all__ = [
     "CHUNK",
-    "NON_OPTIONS",
     "Contract",
     "FlatTaskVectors",
     "MergeConfigError",
     "MergeError",
     "MergeInputError",
+    "MethodSpec",
+    "Options",
     "StateDict",
-    "accepted_extras",
     "available",
-    "check_bool",
-    "check_choice",
-    "check_fraction",
-    "check_int",
-    "check_number",
     "chunks",
     "compute_dtype",
     "conf_dir",
-    "contract",
-    "contract_of",
     "diag_layer",
     "finalize",
     "float_keys",
     "get_method",
+    "get_spec",
     "group_layers",
     "layer_name",
     "merge",
+    "merge_method",
     "method_defaults",
-    "method_options",
     "needs_calibration",
+    "spec_of",
     "stacked_task_vector",
     "task_vectors",
     "validate_inputs",

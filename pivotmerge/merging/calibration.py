@@ -1,8 +1,8 @@
 """Calibration statistics of each expert's domain: what data-aware merge methods know about the inputs.
 
-A data-aware method declares a keyword parameter `calibration`; it then receives one `ExpertStats` per
-expert (same order as the experts), computed from that expert's own domain - the TRAIN split of its source
-in the pipeline (never test; val stays for selection), or files written by `pivotmerge stats`:
+A data-aware method says so in its spec (`statistics=`, pivotmerge/merging/spec.py); it then receives one
+`ExpertStats` per expert (same order as the experts), computed from that expert's own domain - the TRAIN split
+of its source in the pipeline (never test; val stays for selection), or files written by `pivotmerge stats`:
 
 * `grams[layer]`   Gram matrix [x, 1]^T [x, 1] of the layer's inputs x (bias as an extra input column), summed
                    over `counts[layer]` input rows (visual tokens), float64. Layer 0's inputs are the visual
@@ -111,20 +111,6 @@ def compute_stats(state: Mapping[str, Tensor], features: Tensor, *, sample_token
     generator = torch.Generator().manual_seed(seed)
     pick = torch.randperm(tokens.shape[0], generator=generator)[:sample_tokens].sort().values
     return ExpertStats(grams, counts, tokens[pick].clone(), None, dict(meta or {}))
-
-
-def calibration_needs(*kinds: str):
-    """Declare which optional statistics a data-aware method reads beyond Grams and inputs (e.g. "fisher"),
-    so that the pipeline computes them only for the methods that ask."""
-    def deco(fn):
-        fn.calibration_needs = frozenset(kinds)
-        return fn
-
-    return deco
-
-
-def needs_of(fn) -> frozenset[str]:
-    return getattr(getattr(fn, "func", fn), "calibration_needs", frozenset())
 
 
 # ---- layer-wise least squares (RegMean's closed form and its relatives) ------------------------------------
@@ -245,7 +231,7 @@ def check_stats(stats: Sequence[ExpertStats] | None, n_experts: int, method: str
     return stats
 
 
-__all__ = ["PINV_RTOL", "ExpertStats", "apply_layer", "calibration_needs", "needs_of", "augmented_gram",
+__all__ = ["PINV_RTOL", "ExpertStats", "apply_layer", "augmented_gram",
            "augmented_task_matrix", "check_stats",
            "compute_stats", "gram_solve", "layer_gram", "layer_inputs", "layer_keys", "linear_layers", "load_stats",
            "projector_forward", "regmean_solve", "save_stats", "shrink", "split_update"]

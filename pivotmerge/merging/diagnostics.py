@@ -14,7 +14,7 @@ Fields of ``diag['layers'][layer]`` written by :func:`collect`:
   ``spectrum_truncated`` (True when only the top values were computed with a randomized SVD).
 The layer matrix is the layer's >= 2-D weights reshaped to (out, -1) with 1-D tensors of length ``out``
 (biases) appended as extra columns. PivotMerge adds ``stack_singular_values``, ``shared_rank``,
-``shared_energy_ratio``, ``agreement``, ``layer_weight``, ... (see pivotmerge/method.py).
+``shared_energy_ratio``, ``agreement``, ``layer_weight``, ... (see pivotmerge/pivotmerge_method/method.py).
 """
 
 from __future__ import annotations

@@ -3,37 +3,32 @@
 Each file is a Hydra ``_partial_`` config::
 
     # @package merge.<name>
-    _target_: baselines.ties.ties_merge      # the merge function
+    _target_: baselines.ties.ties_merge      # the merge method (declared with @merge_method)
     _partial_: true
     density: 0.2                            # every option, with its default
     ...
 
-:func:`available` lists the files, :func:`merge` calls ``_target_`` with the file's options updated by the
-caller's. A merge function is ``fn(pivot, experts, *, <options>, diagnostics=None)``: its options are
-keyword-only parameters *without* defaults (the YAML holds the only copy; ``tests/merging/test_merge_registry.py``
-enforces it). Keyword parameters named in :data:`NON_OPTIONS` are supplied by the caller, not configured.
+:func:`available` lists the files; :func:`method_defaults` reads a file's option values, and the method's spec
+(:mod:`pivotmerge.merging.spec`, next to its function) says what the options are. The YAML holds the only copy
+of the values, the spec the only copy of the kinds and ranges (``tests/merging/test_merge_registry.py``
+checks that the two name the same options). :func:`pivotmerge.merging.call.merge` runs a method.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import inspect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from pivotmerge.merging.errors import MergeConfigError
+from pivotmerge.merging.spec import MethodSpec, spec_of
 
 MergeFn = Callable[..., dict[str, Tensor]]
-
-#: keyword parameters of merge functions that are not user options: ``diagnostics`` (a dict the method
-#: fills), ``calibration`` (per-expert statistics from the pipeline, for data-aware methods) and
-#: PivotMerge's ``calibration_loss`` (its alm=data probe)
-NON_OPTIONS = frozenset({"diagnostics", "calibration", "calibration_loss"})
 
 
 def conf_dir() -> Path:
@@ -101,7 +96,7 @@ def import_target(target: str, origin: str = "merge config") -> MergeFn:
 
 
 def get_method(name: str) -> MergeFn:
-    """The merge function of method ``name`` (options not bound; see :func:`merge`)."""
+    """The merge function of method ``name`` (options not bound; :func:`pivotmerge.merging.call.merge` runs it)."""
     cfg = load_config(name)
     return import_target(cfg.target, str(cfg.path))
 
@@ -115,24 +110,15 @@ def _copy(v: Any) -> Any:
     return list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
 
 
-def _parameters(fn: Callable) -> Mapping[str, inspect.Parameter]:
-    return inspect.signature(fn).parameters
+def get_spec(name: str) -> MethodSpec:
+    """The spec of method ``name`` (its options' kinds, contract, what it needs)."""
+    return spec_of(get_method(name))
 
 
-def method_options(fn: Callable) -> list[str]:
-    """The option names of a merge function: its keyword-only parameters minus :data:`NON_OPTIONS`."""
-    return [p.name for p in _parameters(fn).values() if p.kind is p.KEYWORD_ONLY and p.name not in NON_OPTIONS]
-
-
-def accepted_extras(fn: Callable) -> frozenset[str]:
-    """The :data:`NON_OPTIONS` names that ``fn`` (a merge function or a partial of one) accepts."""
-    return NON_OPTIONS & frozenset(_parameters(fn))
-
-
-def needs_calibration(method: str | Callable) -> bool:
-    """Whether a method needs calibration data from the pipeline (its function takes ``calibration``)."""
-    fn = get_method(method) if isinstance(method, str) else method
-    return "calibration" in _parameters(fn)
+def needs_calibration(name: str, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether method ``name`` needs calibration statistics under its YAML options updated by ``options``
+    (pivotmerge needs them for its feature-space reading, pivotmerge_data_free does not)."""
+    return get_spec(name).needs_statistics(resolve_options(name, options or {}))
 
 
 def resolve_options(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,8 +135,8 @@ def resolve_options(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_options(fn: Callable, options: Mapping[str, Any], origin: str) -> None:
-    """MergeConfigError unless ``options`` names exactly the options of merge function ``fn``."""
-    expected = set(method_options(fn))
+    """MergeConfigError unless ``options`` names exactly the options of merge method ``fn``."""
+    expected = set(spec_of(fn).options)
     unknown, missing = sorted(set(options) - expected), sorted(expected - set(options))
     if unknown or missing:
         parts = ([f"unknown option(s) {', '.join(unknown)}"] if unknown else []) + (
@@ -159,78 +145,16 @@ def check_options(fn: Callable, options: Mapping[str, Any], origin: str) -> None
                                f"are {', '.join(sorted(expected)) or '(none)'}")
 
 
-def merge(
-    name: str, pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]], **overrides: Any
-) -> dict[str, Tensor]:
-    """Merge (pivot, experts) with method ``name``: its YAML defaults updated by ``overrides``.
-
-    ``overrides`` may also hold the :data:`NON_OPTIONS` the method accepts (e.g. ``diagnostics={}``).
-    """
-    fn = get_method(name)
-    extras = {k: overrides.pop(k) for k in list(overrides) if k in NON_OPTIONS}
-    unsupported = sorted(set(extras) - accepted_extras(fn))
-    if unsupported:
-        raise MergeConfigError(f"merge method {name!r} does not take {', '.join(unsupported)}")
-    return fn(pivot, experts, **resolve_options(name, overrides), **extras)
-
-
-# ---------------------------------------------------------------------------------------- contract
-@dataclass(frozen=True)
-class Contract:
-    """Properties of a merge method that ``tests/merging/test_merge_contract.py`` checks, beyond the ones every
-    method must have (dtype kept, inputs untouched, deterministic, zero task vectors give the pivot, clean
-    option errors, CLI round trip).
-
-    * ``scale``: the option that multiplies the whole merged update (lam, alpha), if any.
-    * ``one_expert``: options (on top of the defaults) under which a single expert gives exactly
-      pivot + scale * tau; None where that is not the method's definition (e.g. Iso-C flattens tau's spectrum).
-    * ``identical``: K copies of one expert give the same update as that expert alone (``'mean'``), K times
-      it (``'sum'``), or nothing simpler (None: the result need only be finite).
-    * ``symmetric``: options under which the result does not depend on the experts' order (``{}``: always).
-    * ``cli``: options the command line needs, which has no calibration loss (``{}``: the defaults run).
-    """
-
-    scale: str | None = None
-    one_expert: Mapping[str, Any] | None = None
-    identical: str | None = None
-    symmetric: Mapping[str, Any] = field(default_factory=dict)
-    cli: Mapping[str, Any] = field(default_factory=dict)
-
-
-def contract(**properties: Any) -> Callable[[MergeFn], MergeFn]:
-    """Decorator declaring a merge function's :class:`Contract` (it registers nothing)."""
-    c = Contract(**properties)
-    if c.identical not in (None, "mean", "sum"):
-        raise ValueError(f"identical must be 'mean', 'sum' or None, got {c.identical!r}")
-
-    def deco(fn: MergeFn) -> MergeFn:
-        fn.merge_contract = c
-        return fn
-
-    return deco
-
-
-def contract_of(fn: Callable) -> Contract:
-    """The declared :class:`Contract` of a merge function (the empty one when none is declared)."""
-    return getattr(fn, "merge_contract", Contract())
-
-
 __all__ = [
-    "NON_OPTIONS",
-    "Contract",
     "MethodConfig",
-    "accepted_extras",
     "available",
     "check_options",
     "conf_dir",
-    "contract",
-    "contract_of",
     "get_method",
+    "get_spec",
     "import_target",
     "load_config",
-    "merge",
     "method_defaults",
-    "method_options",
     "needs_calibration",
     "resolve_options",
 ]

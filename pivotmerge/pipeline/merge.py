@@ -1,8 +1,8 @@
 """Stage 5 (merge): every configured method turns (pivot, experts) into one projector, with diagnostics.
 
 `cfg.merge` maps a method name to its config (`conf/merge/<name>.yaml`, a `_partial_` target; the merge
-registry, pivotmerge/merging/registry.py). A method gets the keyword arguments of
-`registry.NON_OPTIONS` that its signature accepts: `diagnostics`; `calibration` (each expert's statistics
+registry, pivotmerge/merging/registry.py), and every merge goes through `pivotmerge.merging.call.merge`.
+A method gets what its spec (pivotmerge/merging/spec.py) says it takes: `calibration` (each expert's statistics
 from its source's TRAIN split, pivotmerge/pipeline/calibration.py); `calibration_loss` (the caption loss of
 fixed rows of `calibration.loss_split`, TRAIN by default; `calibration.loss_kind`: the k-way loss over
 each source's captions, or the caption NLL). VAL rows serve the option search only
@@ -10,7 +10,7 @@ each source's captions, or the caption NLL). VAL rows serve the option search on
 
 Before a method runs, the experts are mapped into the pivot's frame by `align` (none | weights |
 activations; the run's `align`, or the method's own `align` key, e.g. a merge_variants entry):
-pivotmerge/merging/align.py. With `merge_diagnostics.lmc` the stage also measures the
+pivotmerge/pivotmerge_method/align.py. With `merge_diagnostics.lmc` the stage also measures the
 loss barriers between pivot and experts (pivotmerge/pipeline/lmc.py).
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ import json
 import time
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import save_file
 
 from pivotmerge.errors import ConfigError
-from pivotmerge.merging.calibration import needs_of
-from pivotmerge.merging.registry import accepted_extras, check_options, conf_dir, import_target
+from pivotmerge.merging.call import aligned_experts, merge
+from pivotmerge.merging.registry import check_options, conf_dir, import_target
+from pivotmerge.merging.spec import spec_of
 from pivotmerge.models.mllm import projector_swapped
 from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
@@ -83,6 +83,20 @@ def candidate_options(base: dict, grid: dict, budget: int) -> list[dict]:
         if point not in points:
             points.append(point)
     return points[:budget]
+
+
+def search_grid(cfg, name: str, fn) -> dict:
+    """The option values `merge_search` tries for method `name` (merge function `fn`): `grids.<name>` when
+    given; else, for a method picked from conf/merge/ (not a merge_variants entry), `scale_values` over the option
+    its spec searches (none for a method without one)."""
+    search = cfg.merge_search
+    grid = (search.grids or {}).get(name)
+    if grid:
+        return OmegaConf.to_container(grid, resolve=True)
+    option, values = spec_of(fn).search, search.get("scale_values")
+    if option and values and name in (cfg.get("merge") or {}):
+        return {option: list(values)}
+    return {}
 
 
 def expand_variants(cfg) -> dict:
@@ -160,15 +174,9 @@ class MergeInputs:
         self._aligned: dict[str, list] = {}
 
     def aligned(self, mode: str) -> list:
-        """The experts in the pivot's frame (pivotmerge/merging/align.py), computed once per mode."""
-        from pivotmerge.merging.align import align_experts
-
-        if mode not in self._aligned:
-            inputs = None
-            if mode == "activations":
-                inputs = torch.cat([s.inputs for s in self.stats(False)[0]])
-            self._aligned[mode] = align_experts(self.pivot, self.experts, mode, inputs=inputs)
-        return self._aligned[mode]
+        """The experts in the pivot's frame (pivotmerge/pivotmerge_method/align.py), computed once per mode."""
+        statistics = self.stats(False)[0] if mode == "activations" else None
+        return aligned_experts(self.pivot, self.experts, mode, statistics, self._aligned)
 
     def stats(self, fisher: bool):
         from pivotmerge.pipeline.calibration import expert_fisher, expert_statistics
@@ -190,13 +198,12 @@ class MergeInputs:
         return self._losses[(split, kind)]
 
     def for_method(self, fn) -> tuple[dict, dict]:
-        """(keyword arguments, their identity for the cache key) for what `fn` accepts."""
-        accepted = accepted_extras(fn)
+        """(keyword arguments of `merge`, their identity for the cache key) for what method `fn` takes."""
+        spec = spec_of(fn)
         kwargs, identity = {}, {}
-        if "calibration" in accepted:
-            fisher = "fisher" in needs_of(fn)
-            kwargs["calibration"], identity["calibration"] = self.stats(fisher)
-        if "calibration_loss" in accepted:
+        if "calibration" in spec.takes:
+            kwargs["statistics"], identity["calibration"] = self.stats(spec.fisher)
+        if "calibration_loss" in spec.takes:
             split, kind = str(self.ctx.cfg.calibration.loss_split), str(self.ctx.cfg.calibration.loss_kind)
             kwargs["calibration_loss"] = self.loss(split, kind)
             identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source), "split": split,
@@ -232,13 +239,12 @@ def run(ctx) -> None:
                    if not k.startswith("_")}
         align = str(options.pop(ALIGN_KEY, cfg.align))
         method_cfg = OmegaConf.create({k: v for k, v in method_cfg.items() if k != ALIGN_KEY})
-        check_options(import_target(method_cfg._target_, f"merge.{name}"), options, f"merge.{name}")
+        fn = import_target(method_cfg._target_, f"merge.{name}")
+        check_options(fn, options, f"merge.{name}")
         aligned = inputs.aligned(align)
         if search.enabled:
             options, table = select_options(ctx, name, method_cfg, options, search, pivot, aligned, inputs, align)
             selections[name] = {"chosen": options, "candidates": table}
-            method_cfg = OmegaConf.merge(method_cfg, options)
-        fn = instantiate(method_cfg)
         kwargs, identity = inputs.for_method(fn)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in expert_names},
                 "target": method_cfg._target_, "options": options, **identity,
@@ -280,9 +286,7 @@ def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, exper
 
     started = time.perf_counter()
     diagnostics: dict = {}
-    if "diagnostics" in accepted_extras(fn):
-        kwargs = {**kwargs, "diagnostics": diagnostics}
-    merged = fn(pivot, experts, **kwargs)
+    merged = merge(fn, pivot, experts, options, **kwargs, diagnostics=diagnostics)
     seconds = time.perf_counter() - started
     save_file({k: v.contiguous() for k, v in merged.items()}, str(staging / PROJECTOR_FILE))
     collect(pivot, experts, merged, diagnostics)
@@ -296,13 +300,11 @@ def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, exper
 
 def select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs: MergeInputs, align: str):
     """Pick the options with the lowest VAL caption loss among `budget` candidates (cached per candidate)."""
-    grid = (search.grids or {}).get(name) or {}
-    candidates = candidate_options(options, OmegaConf.to_container(grid, resolve=True) if grid else {},
-                                   int(search.budget))
+    fn = import_target(method_cfg._target_, f"merge.{name}")
+    candidates = candidate_options(options, search_grid(ctx.cfg, name, fn), int(search.budget))
     loss_fn = inputs.loss()
     table = []
     for candidate in candidates:
-        fn = instantiate(OmegaConf.merge(method_cfg, candidate))
         kwargs, identity = inputs.for_method(fn)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
                 "target": method_cfg._target_, "options": candidate, "per_source": int(ctx.cfg.calibration.per_source),
@@ -313,7 +315,7 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
             if staging is None:
                 loss = json.loads((ctx.store.verify("select", key) / "score.json").read_text())["val_loss"]
             else:
-                loss = loss_fn(fn(pivot, experts, **kwargs))
+                loss = loss_fn(merge(fn, pivot, experts, candidate, **kwargs))
                 (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
                 ctx.store.commit("select", key, spec)
         table.append({"options": candidate, "val_loss": round(loss, 5)})

@@ -136,6 +136,7 @@ class MergeDiagnosticsSchema:
 class MergeSearchSchema:
     enabled: bool = rule()
     budget: int = rule(ge=1)
+    scale_values: list[float] | None = rule()
 
 
 @dataclass

@@ -3,6 +3,7 @@
 * ``REPO``, ``CONF``, ``GOLDEN`` - the repository root, its Hydra configs, the golden report files;
 * :mod:`tests.helpers.compose` - the real Hydra config composed for a test (tiny models, small real sources, tmp);
 * :mod:`tests.helpers.tiny_models` - tiny random models saved on disk (also used by tools/tiny_table.py);
+* :mod:`tests.helpers.merging` - the one merge call path with options as keywords;
 * :mod:`tests.helpers.rows` - known rows of a results store and sweep job folders;
 * :mod:`tests.helpers.shards` - webdataset shards written by hand;
 * ``reliability_worker.py``, ``scale_ddp_worker.py`` - pipeline runs that tests launch in their own processes.

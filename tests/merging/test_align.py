@@ -3,11 +3,12 @@ and every method accepts it through the pipeline's one option."""
 import pytest
 import torch
 
-from pivotmerge.merging.align import ALIGN_MODES, align_experts, hidden_pairs, permute_hidden
 from pivotmerge.merging.calibration import projector_forward
 from pivotmerge.merging.errors import MergeConfigError, MergeInputError
-from pivotmerge.merging.registry import available, merge
+from pivotmerge.merging.registry import available
 from pivotmerge.models.projector import build_projector
+from pivotmerge.pivotmerge_method.align import ALIGN_MODES, align_experts, hidden_pairs, permute_hidden
+from tests.helpers.merging import merge
 
 
 def _projector(kind: str, seed: int, d_in: int = 6, d_out: int = 8) -> dict[str, torch.Tensor]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pivotmerge.merging import merge
 from pivotmerge.merging.calibration import (
     ExpertStats,
     compute_stats,
@@ -14,6 +13,7 @@ from pivotmerge.merging.calibration import (
     projector_forward,
     save_stats,
 )
+from tests.helpers.merging import merge
 
 D_IN, HIDDEN, D_OUT = 6, 5, 4
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pivotmerge.merging import MergeConfigError, MergeInputError, merge, task_vectors
+from pivotmerge.merging import MergeConfigError, MergeInputError, task_vectors
+from tests.helpers.merging import merge
 
 
 def make(k=3, seed=0, dtype=torch.float32):

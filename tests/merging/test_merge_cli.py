@@ -13,8 +13,8 @@ import torch
 
 from pivotmerge.cli import main
 from pivotmerge.io import CheckpointError, load_state_dict, save_state_dict
-from pivotmerge.merging import merge
 from tests.helpers import REPO
+from tests.helpers.merging import merge
 from tests.helpers.tiny_models import llava_projectors
 
 

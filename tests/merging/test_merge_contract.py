@@ -5,8 +5,8 @@ Checked for every method, at its YAML defaults: keys, order, shapes and dtypes o
 buffers copied); inputs untouched; deterministic; experts equal to the pivot give the pivot; the result does
 not depend on the experts' order; identical experts; bad inputs and every option given a value of the
 wrong kind fail with one MergeConfigError/MergeInputError line naming it; the CLI and the Hydra config give
-exactly what ``merge()`` gives. Where the method declares it (``@contract`` next to the function, see
-``pivotmerge.merging.registry.Contract``): one expert gives pivot + scale * tau, the scale option is linear,
+exactly what ``merge()`` gives. Where the method declares it (its ``@merge_method`` spec next to the function,
+see ``pivotmerge.merging.spec.Contract``): one expert gives pivot + scale * tau, the scale option is linear,
 K identical experts give the update of one ('mean') or K times it ('sum').
 """
 
@@ -18,15 +18,14 @@ import torch
 from pivotmerge.merging import (
     MergeConfigError,
     MergeInputError,
-    accepted_extras,
     available,
     conf_dir,
-    contract_of,
-    get_method,
+    get_spec,
     method_defaults,
+    spec_of,
 )
-from pivotmerge.merging import merge as registry_merge
-from pivotmerge.merging.calibration import compute_stats, needs_of
+from pivotmerge.merging.calibration import compute_stats
+from tests.helpers.merging import merge as merge_call
 
 METHODS = available()
 OPTIONS = [(name, option) for name in METHODS for option in method_defaults(name)]
@@ -70,20 +69,20 @@ def away_from(pivot):
     return loss
 
 
-def extras(fn, pivot, experts, given=()):
+def extras(spec, pivot, experts, given=()):
     """What the pipeline would pass besides the options: statistics, the calibration loss."""
     out = {}
     valid = isinstance(experts, list) and all(isinstance(e, dict) and "0.weight" in e for e in experts)
-    if "calibration" in accepted_extras(fn) and "calibration" not in given and valid:
-        out["calibration"] = [synthetic_stats(e, "fisher" in needs_of(fn)) for e in experts]
-    if "calibration_loss" in accepted_extras(fn) and "calibration_loss" not in given:
+    if "calibration" in spec.takes and "calibration" not in given and valid:
+        out["calibration"] = [synthetic_stats(e, spec.fisher) for e in experts]
+    if "calibration_loss" in spec.takes and "calibration_loss" not in given:
         out["calibration_loss"] = away_from(pivot)
     return out
 
 
 def merge(name, pivot, experts, **overrides):
-    """The registry's merge, with calibration statistics and loss for the data-aware methods."""
-    return registry_merge(name, pivot, experts, **overrides, **extras(get_method(name), pivot, experts, overrides))
+    """The one merge call, with calibration statistics and loss for the data-aware methods."""
+    return merge_call(name, pivot, experts, **overrides, **extras(get_spec(name), pivot, experts, overrides))
 
 
 def close(a, b, rtol=RTOL, atol=ATOL):
@@ -127,14 +126,14 @@ def test_experts_equal_to_the_pivot_give_the_pivot(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_order_of_the_experts_does_not_matter(name):
-    opts = dict(contract_of(get_method(name)).symmetric)
+    opts = dict(get_spec(name).contract.symmetric)
     pivot, experts = make(4)
     close(merge(name, pivot, experts, **opts), merge(name, pivot, [experts[i] for i in (2, 0, 3, 1)], **opts))
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_identical_experts(name):
-    c = contract_of(get_method(name))
+    c = get_spec(name).contract
     opts = dict(c.symmetric)
     pivot, experts = make(1)
     many = merge(name, pivot, [experts[0]] * 3, **opts)
@@ -148,7 +147,7 @@ def test_identical_experts(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_one_expert_gives_pivot_plus_scaled_task_vector(name):
-    c = contract_of(get_method(name))
+    c = get_spec(name).contract
     if c.one_expert is None:
         pytest.skip(f"{name}: one expert is not merged to pivot + scale * tau by definition")
     pivot, experts = make(1)
@@ -162,7 +161,7 @@ def test_one_expert_gives_pivot_plus_scaled_task_vector(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_scale_option_scales_the_update(name):
-    c = contract_of(get_method(name))
+    c = get_spec(name).contract
     if c.scale is None:
         pytest.skip(f"{name} has no scale option")
     pivot, experts = make(3)
@@ -220,13 +219,13 @@ def test_cli_round_trip(name, tmp_path, capsys):
         save_state_dict(e, tmp_path / f"e{i}.safetensors")
     out = tmp_path / "merged.safetensors"
     stats_args, extra = [], {}
-    if "calibration" in accepted_extras(get_method(name)):
+    if "calibration" in get_spec(name).takes:
         from pivotmerge.merging.calibration import save_stats
 
-        extra["calibration"] = [synthetic_stats(e, "fisher" in needs_of(get_method(name))) for e in experts]
+        extra["calibration"] = [synthetic_stats(e, get_spec(name).fisher) for e in experts]
         stats_args = ["--stats"] + [str(save_stats(s, tmp_path / f"e{i}.stats.safetensors"))
                                     for i, s in enumerate(extra["calibration"])]
-    cli = dict(contract_of(get_method(name)).cli)   # what the CLI needs where it has no calibration loss
+    cli = dict(get_spec(name).contract.cli)   # what the CLI needs where it has no calibration loss
     rc = main(["merge", name, *(f"{k}={v}" for k, v in cli.items()), "--base", str(tmp_path / "pivot.safetensors"),
                "--experts", str(tmp_path / "e0.safetensors"), str(tmp_path / "e1.safetensors"), "--out", str(out),
                *stats_args])
@@ -243,6 +242,6 @@ def test_hydra_config_gives_what_merge_gives(name):
 
     fn = instantiate(OmegaConf.load(conf_dir() / f"{name}.yaml"))
     pivot, experts = make(2)
-    extra = extras(fn, pivot, experts)
+    extra = extras(spec_of(fn), pivot, experts)
     a, b = fn(pivot, experts, **extra), merge(name, pivot, experts, **extra)
     assert all(torch.equal(a[k], b[k]) for k in a)

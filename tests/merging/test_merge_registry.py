@@ -1,4 +1,5 @@
-"""The merge registry: conf/merge/<name>.yaml is the only list of methods and the only copy of defaults."""
+"""The merge registry: conf/merge/<name>.yaml is the only list of methods and the only copy of defaults; each
+method's spec (@merge_method) the only copy of its options' kinds; pivotmerge.merging.merge the one call."""
 
 from __future__ import annotations
 
@@ -11,19 +12,18 @@ import pytest
 import torch
 
 from pivotmerge.merging import (
-    NON_OPTIONS,
     MergeConfigError,
     available,
     conf_dir,
-    contract_of,
     get_method,
+    get_spec,
     merge,
     method_defaults,
-    method_options,
     needs_calibration,
     registry,
 )
 from pivotmerge.merging.registry import load_config
+from pivotmerge.merging.spec import EXTRAS
 from tests.helpers import REPO
 
 METHODS = available()
@@ -42,25 +42,23 @@ def test_the_methods_are_the_yaml_files():
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_config_names_a_function_whose_options_are_exactly_its_keys_without_defaults(name):
+def test_config_names_a_method_whose_spec_options_are_exactly_its_keys(name):
     path = conf_dir() / f"{name}.yaml"
     # Hydra 1.3 has no `_group_`/`_name_` package keywords any more: each file names its own node
     assert path.read_text().startswith(f"# @package merge.{name}\n")
     cfg = load_config(name)
-    fn = get_method(name)
-    params = inspect.signature(fn).parameters
-    positional = [p.name for p in params.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
-    assert positional == ["pivot", "experts"]
-    assert set(cfg.defaults) == set(method_options(fn)), "YAML keys != keyword-only options of the function"
-    for option in method_options(fn):
-        assert params[option].default is inspect.Parameter.empty, f"{option} has a second default in the signature"
-    for extra in set(params) & NON_OPTIONS:
-        assert params[extra].default is None, f"{extra} is supplied by callers, so it must default to None"
-    assert "diagnostics" in params
-    # the declared contract names real options
-    c = contract_of(fn)
-    for key in [c.scale] * (c.scale is not None) + list(c.one_expert or {}) + list(c.symmetric):
-        assert key in cfg.defaults, f"contract of {name} names {key!r}, not an option"
+    spec = get_spec(name)
+    assert list(cfg.defaults) == list(spec.options), "YAML keys != the spec's options (same order)"
+    # the function takes the checked options as one argument, and only the inputs its spec says it takes
+    params = inspect.signature(get_method(name).function).parameters
+    assert list(params)[:3] == ["pivot", "experts", "o"]
+    assert set(params) - {"pivot", "experts", "o"} == set(spec.takes) <= set(EXTRAS)
+    assert all(params[extra].default is None for extra in spec.takes), "inputs supplied by callers default to None"
+    # the declared contract and search name real options, and the YAML's values pass the spec's checks
+    c = spec.contract
+    for key in [c.scale, spec.search] + list(c.one_expert or {}) + list(c.symmetric) + list(c.cli):
+        assert key is None or key in cfg.defaults, f"spec of {name} names {key!r}, not an option"
+    assert dict(spec.checked(cfg.defaults)) == cfg.defaults
 
 
 def _imports(path: Path) -> set[str]:
@@ -97,7 +95,7 @@ def test_merge_takes_defaults_from_the_yaml_and_overrides_from_the_caller():
     fn = get_method("ties")
     defaults = method_defaults("ties")
     assert defaults == {"density": 0.2, "scope": "global", "sign": "sum", "combine": "mean", "lam": 1.0}
-    a = merge("ties", pivot, experts, lam=0.5)
+    a = merge("ties", pivot, experts, {"lam": 0.5})
     b = fn(pivot, experts, **{**defaults, "lam": 0.5})
     assert all(torch.equal(a[k], b[k]) for k in pivot)
     method_defaults("ties")["lam"] = 7.0  # callers get a copy
@@ -109,54 +107,45 @@ def test_unknown_method_option_and_extra_are_clean_errors():
     with pytest.raises(MergeConfigError, match="unknown merge method 'nope'; available: adamerging, average, "):
         merge("nope", pivot, experts)
     with pytest.raises(MergeConfigError, match="unknown option.*densty.*valid options: combine, density"):
-        merge("ties", pivot, experts, densty=0.3)
+        merge("ties", pivot, experts, {"densty": 0.3})
     with pytest.raises(MergeConfigError, match="does not take calibration_loss"):
         merge("ties", pivot, experts, calibration_loss=lambda sd: 0.0)
+    with pytest.raises(MergeConfigError, match="does not take calibration"):
+        merge("ties", pivot, experts, statistics=[])
     with pytest.raises(MergeConfigError, match="merge method must be a name"):
         get_method("../conf/merge/ties")
 
 
-def test_needs_calibration_reads_the_signature():
-    # pivotmerge_data_free shares pivotmerge's function, so its signature takes calibration too (unused there)
-    data_aware_methods = {"adamerging", "fisher", "pivotmerge", "pivotmerge_data_free", "regmean", "regmean_plusplus"}
+def test_needs_calibration_reads_the_spec_under_the_options():
+    data_aware_methods = {"adamerging", "fisher", "pivotmerge", "regmean", "regmean_plusplus"}
     assert {name for name in METHODS if needs_calibration(name)} == data_aware_methods
+    # pivotmerge_data_free shares pivotmerge's function: its task-vector reading needs no statistics
+    assert "calibration" in get_spec("pivotmerge_data_free").takes
+    assert needs_calibration("pivotmerge_data_free", {"sdf_space": "features"})
+    assert not needs_calibration("pivotmerge", {"sdf_space": "task_vectors"})
+    assert not needs_calibration("pivotmerge", {"sdf": False})
+    assert get_spec("fisher").fisher and not get_spec("regmean").fisher
+    assert get_spec("pivotmerge").needs_calibration_loss(method_defaults("pivotmerge"))
+    assert not get_spec("pivotmerge_data_free").needs_calibration_loss(method_defaults("pivotmerge_data_free"))
 
-    def data_aware(pivot, experts, *, lam, calibration=None, diagnostics=None):
-        return dict(pivot)
 
-    assert needs_calibration(data_aware) and registry.accepted_extras(data_aware) == {"calibration", "diagnostics"}
-    assert method_options(data_aware) == ["lam"]
-
-
-def test_a_new_method_is_one_python_file_and_one_yaml(tmp_path, monkeypatch):
+def test_a_config_with_a_wrong_target_is_one_line_naming_the_file(tmp_path, monkeypatch):
     folder = tmp_path / "conf"
     folder.mkdir()
-    for path in conf_dir().glob("*.yaml"):
-        (folder / path.name).write_text(path.read_text())
-    (tmp_path / "my_method.py").write_text(
-        "from pivotmerge.merging.checks import check_number, validate_inputs\n"
-        "from pivotmerge.merging.ops import apply_update, finalize, float_keys, mean_task_vector\n\n"
-        "def half_mean_merge(pivot, experts, *, lam, diagnostics=None):\n"
-        "    lam = check_number('half_mean', 'lam', lam)\n"
-        "    validate_inputs(pivot, experts, method='half_mean')\n"
-        "    return finalize(pivot, {k: apply_update(pivot[k], mean_task_vector(pivot, experts, k), lam)\n"
-        "                            for k in float_keys(pivot)})\n")
-    (folder / "half_mean.yaml").write_text("# @package merge.half_mean\n_target_: my_method.half_mean_merge\n"
-                                           "_partial_: true\nlam: 0.5\n")
+    (tmp_path / "my_method.py").write_text("def undeclared_merge(pivot, experts, *, lam, diagnostics=None):\n"
+                                           "    return dict(pivot)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "conf_dir", lambda: folder)
-    assert "half_mean" in available() and method_defaults("half_mean") == {"lam": 0.5}
     pivot, experts = make()
-    m = merge("half_mean", pivot, experts)
-    torch.testing.assert_close(m["0.bias"], pivot["0.bias"] + 0.5 * (experts[0]["0.bias"] + experts[1]["0.bias"]
-                                                                     - 2 * pivot["0.bias"]) / 2)
-    # a config whose target or options are wrong fails with one line naming the file
     (folder / "broken.yaml").write_text("# @package merge.broken\n_target_: my_method.nope\n_partial_: true\n")
     with pytest.raises(MergeConfigError, match=r"broken.yaml: _target_ 'my_method.nope' cannot be imported"):
         merge("broken", pivot, experts)
-    (folder / "nopartial.yaml").write_text("_target_: my_method.half_mean_merge\nlam: 1\n")
+    (folder / "nopartial.yaml").write_text("_target_: my_method.undeclared_merge\nlam: 1\n")
     with pytest.raises(MergeConfigError, match="_partial_: true"):
         merge("nopartial", pivot, experts)
+    (folder / "undeclared.yaml").write_text("_target_: my_method.undeclared_merge\n_partial_: true\nlam: 1\n")
+    with pytest.raises(MergeConfigError, match=r"my_method.undeclared_merge is not a merge method: .*@merge_method"):
+        merge("undeclared", pivot, experts)
     monkeypatch.setattr(registry, "conf_dir", lambda: tmp_path / "nowhere")
     with pytest.raises(MergeConfigError, match="the merge configs are missing: .*nowhere does not exist"):
         merge("ties", pivot, experts)

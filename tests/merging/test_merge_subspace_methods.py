@@ -9,7 +9,7 @@ import io
 import pytest
 import torch
 
-from pivotmerge.merging import merge
+from tests.helpers.merging import merge
 
 
 @pytest.fixture(scope="module")

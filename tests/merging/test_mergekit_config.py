@@ -15,7 +15,7 @@ import torch
 
 from pivotmerge.cli import main
 from pivotmerge.io import load_state_dict, read_metadata, save_state_dict
-from pivotmerge.merging import merge
+from tests.helpers.merging import merge
 from tests.helpers.tiny_models import llava_projectors
 
 

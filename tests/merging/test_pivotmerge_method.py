@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from pivotmerge.merging import MergeConfigError, MergeInputError, merge
+from pivotmerge.merging import MergeConfigError, MergeInputError
 from pivotmerge.merging.diagnostics import collect, write_diagnostics
+from tests.helpers.merging import merge
 
 
 def make(k=3, seed=0, dtype=torch.float32, prefix=""):

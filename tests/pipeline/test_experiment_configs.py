@@ -4,7 +4,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pivotmerge.pipeline.merge import candidate_options, expand_variants
+from pivotmerge.merging.registry import import_target
+from pivotmerge.pipeline.merge import candidate_options, expand_variants, search_grid
 from tests.helpers import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -21,17 +22,24 @@ def test_experiment_composes_and_its_search_grids_name_real_options(experiment):
     assert cfg.experiment_name == experiment
     methods = expand_variants(cfg)
     assert methods, "an experiment without merge methods"
-    for name, grid in ((cfg.get("merge_search") or {}).get("grids") or {}).items():
-        base = {k: v for k, v in OmegaConf.to_container(methods[name], resolve=True).items() if not k.startswith("_")}
-        candidates = candidate_options(base, OmegaConf.to_container(grid), int(cfg.merge_search.budget))
+    for name, method in methods.items():
+        grid = search_grid(cfg, name, import_target(method._target_))
+        if not grid:
+            continue
+        base = {k: v for k, v in OmegaConf.to_container(method, resolve=True).items() if not k.startswith("_")}
+        candidates = candidate_options(base, grid, int(cfg.merge_search.budget))
         assert candidates[0] == base and len(candidates) == int(cfg.merge_search.budget)
 
 
 def test_paper_table_searches_every_method_with_the_same_budget():
     cfg = _cfg("paper_table")
     assert list(cfg.seeds) == [0, 1, 2] and cfg.scenario.joint.enabled
-    searched = {k for k in cfg.merge if k != "average"}   # averaging has no option
-    assert searched == set(cfg.merge_search.grids)
+    grids = {name: search_grid(cfg, name, import_target(method._target_)) for name, method in cfg.merge.items()}
+    assert {k for k, grid in grids.items() if grid} == {k for k in cfg.merge if k != "average"}   # average: no option
+    scales = {"tsv_m": "alpha", "iso_c": "alpha", "iso_cts": "alpha", "adamerging": "init"}   # lam for the rest
+    assert {k: grid for k, grid in grids.items() if grid} == {
+        k: {scales.get(k, "lam"): [0.3, 0.5, 0.7, 1.0]} for k in cfg.merge if k != "average"}
+    assert not cfg.merge_search.grids   # implied by each method's spec, not written per method
 
 
 def test_ablation_variants_inherit_the_experiments_settings_of_their_base():
@@ -60,4 +68,5 @@ def test_regime_map_covers_every_axis_and_each_regime_passes_preflight(tmp_path)
     for regime in regimes.values():   # the same methods and the same search budget in every regime
         assert set(regime.merge) == set(paper.merge) and regime.merge_search.budget == paper.merge_search.budget
         assert all(regime.merge_search.grids[m] == grid for m, grid in paper.merge_search.grids.items())
+        assert regime.merge_search.scale_values == paper.merge_search.scale_values
     preflight.check(regimes["general_shared_independent_aligned"])   # every axis off its default at once

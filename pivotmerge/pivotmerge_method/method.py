@@ -44,28 +44,18 @@ Reductions (tested): sdf=false, alm=off is exactly ``task_arithmetic`` with the 
 rank_ratio=1, filter=none, alm=off, lam=1 is weight averaging (up to float rounding).
 
 Where each part lives: this module checks the options and puts the parts together (one layer at a time);
-SDF in the task-vector space is pivotmerge/sdf.py, SDF in the feature space (``sdf_space=features``)
-pivotmerge/sdf_features.py, ALM pivotmerge/alm.py.
+SDF in the task-vector space is sdf.py, SDF in the feature space (``sdf_space=features``)
+sdf_features.py, ALM alm.py.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from torch import Tensor
 
-from pivotmerge.alm import ALM_MODES, ALM_PROBES, ALM_PROXIES, data_scores, layer_weights, searched_weights
 from pivotmerge.merging.calibration import check_stats
-from pivotmerge.merging.checks import (
-    check_bool,
-    check_choice,
-    check_fraction,
-    check_number,
-    validate_inputs,
-)
+from pivotmerge.merging.checks import validate_inputs
 from pivotmerge.merging.errors import MergeConfigError
 from pivotmerge.merging.ops import (
     FlatTaskVectors,
@@ -78,74 +68,71 @@ from pivotmerge.merging.ops import (
     mean_task_vector,
     summed_task_vector,
 )
-from pivotmerge.merging.registry import contract
-from pivotmerge.sdf import FILTERS, RANK_MODES, layer_spectrum, shared_space_update
-from pivotmerge.sdf_features import CONSENSUS, LAYER_INPUTS, feature_space_deltas
+from pivotmerge.merging.spec import Options, choice, flag, fraction, merge_method, number, weight_interval
+from pivotmerge.pivotmerge_method.alm import (
+    ALM_MODES,
+    ALM_PROBES,
+    ALM_PROXIES,
+    data_scores,
+    layer_weights,
+    searched_weights,
+)
+from pivotmerge.pivotmerge_method.sdf import FILTERS, RANK_MODES, layer_spectrum, shared_space_update
+from pivotmerge.pivotmerge_method.sdf_features import CONSENSUS, LAYER_INPUTS, feature_space_deltas
 
 NAME = "pivotmerge"
 SDF_SPACES = ("task_vectors", "features")
 
 
-@dataclass(frozen=True)
-class Options:
-    """PivotMerge's options, checked; the fields in the order of the diagnostics' ``options`` record."""
-
-    sdf: bool
-    sdf_space: str
-    shared_threshold: float
-    consensus: str
-    alpha: float
-    layer_inputs: str
-    rank_mode: str
-    rank_ratio: float
-    energy: float
-    filter: str
-    filter_threshold: float
-    remainder_density: float
-    alm: str
-    alm_proxy: str
-    alm_probe: str
-    temperature: float
-    weight_range: list[float]   # [lo, hi]
-    lam: float
+def _check_across_options(method: str, o: Options) -> None:
+    """The ranges that depend on another option's value (each option alone is checked by the spec)."""
+    if o.filter == "sign" and not 0.0 <= o.filter_threshold <= 1.0:
+        raise MergeConfigError(f"{method}: filter_threshold={o.filter_threshold} must be in [0, 1] for filter=sign")
+    if o.filter == "cosine" and not -1.0 <= o.filter_threshold <= 1.0:
+        raise MergeConfigError(f"{method}: filter_threshold={o.filter_threshold} must be in [-1, 1] for filter=cosine")
+    if o.sdf_space == "features" and o.consensus != "energy_mean" and o.filter == "sign":
+        raise MergeConfigError(f"{method}: filter=sign is a per-expert vote, defined for consensus=energy_mean only; "
+                               f"use filter=cosine or none with consensus={o.consensus}")
 
 
-@contract(scale="lam", one_expert={}, identical="mean", cli={"alm": "proxy"})
+def _needs_statistics(o: Options) -> bool:
+    return o.sdf and o.sdf_space == "features"
+
+
+def _needs_calibration_loss(o: Options) -> bool:
+    return o.alm in ("data", "search")
+
+
+@merge_method(
+    NAME,
+    options={"sdf": flag(), "sdf_space": choice(SDF_SPACES), "shared_threshold": number(0.0),
+             "consensus": choice(CONSENSUS), "alpha": fraction(), "layer_inputs": choice(LAYER_INPUTS),
+             "rank_mode": choice(RANK_MODES), "rank_ratio": fraction(), "energy": fraction(),
+             "filter": choice(FILTERS), "filter_threshold": number(), "remainder_density": fraction(),
+             "alm": choice(ALM_MODES), "alm_proxy": choice(ALM_PROXIES), "alm_probe": choice(ALM_PROBES),
+             "temperature": number(0.0, exclusive=True), "weight_range": weight_interval(), "lam": number()},
+    scale="lam", one_expert={}, identical="mean", cli={"alm": "proxy"},
+    statistics=_needs_statistics, calibration_loss=_needs_calibration_loss, check=_check_across_options)
 def pivotmerge_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
+    o: Options,
     *,
-    sdf: bool,
-    sdf_space: str,
-    shared_threshold: float,
-    consensus: str,
-    alpha: float,
-    layer_inputs: str,
-    rank_mode: str,
-    rank_ratio: float,
-    energy: float,
-    filter: str,  # noqa: A002 - option name of the config
-    filter_threshold: float,
-    remainder_density: float,
-    alm: str,
-    alm_proxy: str,
-    alm_probe: str,
-    temperature: float,
-    weight_range: Sequence[float],
-    lam: float,
     calibration_loss: Callable[[dict[str, Tensor]], float] | None = None,
     calibration: Sequence | None = None,
     diagnostics: dict | None = None,
 ) -> dict[str, Tensor]:
     """PivotMerge (see the module docstring and docs/method.md for the equations and each option)."""
-    o = _check_options(calibration_loss, sdf=sdf, sdf_space=sdf_space, shared_threshold=shared_threshold,
-                       consensus=consensus, alpha=alpha, layer_inputs=layer_inputs, rank_mode=rank_mode,
-                       rank_ratio=rank_ratio, energy=energy, filter=filter, filter_threshold=filter_threshold,
-                       remainder_density=remainder_density, alm=alm, alm_proxy=alm_proxy, alm_probe=alm_probe,
-                       temperature=temperature, weight_range=weight_range, lam=lam)
+    if _needs_calibration_loss(o) and calibration_loss is None:
+        raise MergeConfigError(
+            f"{NAME}: alm={o.alm} needs a calibration_loss (a function state_dict -> loss on a calibration "
+            "batch, supplied by the pipeline); use alm=proxy for the data-free variant"
+        )
+    if calibration_loss is not None and not callable(calibration_loss):
+        raise MergeConfigError(f"{NAME}: calibration_loss must be callable")
     validate_inputs(pivot, experts, min_experts=1, method=NAME)
     stats = None
-    if o.sdf and o.sdf_space == "features":
+    if _needs_statistics(o):
         stats = check_stats(calibration, len(experts), f"{NAME} (sdf_space=features)",
                             inputs=o.layer_inputs == "merged")
     layers = group_layers(float_keys(pivot))
@@ -157,53 +144,8 @@ def pivotmerge_merge(
         for key in keys:
             merged[key] = apply_update(pivot[key], delta.pop(key), o.lam * weights[layer])
     if diagnostics is not None:
-        diagnostics.update(method=NAME, options=asdict(o), layer_weights=dict(weights))
+        diagnostics.update(method=NAME, options=dict(o), layer_weights=dict(weights))
     return finalize(pivot, merged)
-
-
-def _check_options(calibration_loss: Callable | None, **given: Any) -> Options:
-    """The options checked one by one (the first bad one raises MergeConfigError naming it)."""
-    sdf = check_bool(NAME, "sdf", given["sdf"])
-    sdf_space = check_choice(NAME, "sdf_space", given["sdf_space"], SDF_SPACES)
-    shared_threshold = check_number(NAME, "shared_threshold", given["shared_threshold"], minimum=0.0)
-    consensus = check_choice(NAME, "consensus", given["consensus"], CONSENSUS)
-    alpha = check_fraction(NAME, "alpha", given["alpha"])
-    layer_inputs = check_choice(NAME, "layer_inputs", given["layer_inputs"], LAYER_INPUTS)
-    rank_mode = check_choice(NAME, "rank_mode", given["rank_mode"], RANK_MODES)
-    rank_ratio = check_fraction(NAME, "rank_ratio", given["rank_ratio"])
-    energy = check_fraction(NAME, "energy", given["energy"])
-    filter_mode = check_choice(NAME, "filter", given["filter"], FILTERS)
-    filter_threshold = check_number(NAME, "filter_threshold", given["filter_threshold"])
-    if filter_mode == "sign" and not 0.0 <= filter_threshold <= 1.0:
-        raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [0, 1] for filter=sign")
-    if filter_mode == "cosine" and not -1.0 <= filter_threshold <= 1.0:
-        raise MergeConfigError(f"{NAME}: filter_threshold={filter_threshold} must be in [-1, 1] for filter=cosine")
-    if sdf_space == "features" and consensus != "energy_mean" and filter_mode == "sign":
-        raise MergeConfigError(f"{NAME}: filter=sign is a per-expert vote, defined for consensus=energy_mean only; "
-                               f"use filter=cosine or none with consensus={consensus}")
-    remainder_density = check_fraction(NAME, "remainder_density", given["remainder_density"])
-    alm = check_choice(NAME, "alm", given["alm"], ALM_MODES)
-    alm_proxy = check_choice(NAME, "alm_proxy", given["alm_proxy"], ALM_PROXIES)
-    alm_probe = check_choice(NAME, "alm_probe", given["alm_probe"], ALM_PROBES)
-    temperature = check_number(NAME, "temperature", given["temperature"], minimum=0.0, exclusive_minimum=True)
-    weight_range = given["weight_range"]
-    try:
-        lo, hi = (float(x) for x in weight_range)
-    except (TypeError, ValueError) as e:
-        raise MergeConfigError(f"{NAME}: weight_range must be two numbers [lo, hi], got {weight_range!r}") from e
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
-        raise MergeConfigError(f"{NAME}: weight_range={[lo, hi]} must satisfy 0 <= lo <= hi")
-    lam = check_number(NAME, "lam", given["lam"])
-    if alm in ("data", "search") and calibration_loss is None:
-        raise MergeConfigError(
-            f"{NAME}: alm={alm} needs a calibration_loss (a function state_dict -> loss on a calibration "
-            "batch, supplied by the pipeline); use alm=proxy for the data-free variant"
-        )
-    if calibration_loss is not None and not callable(calibration_loss):
-        raise MergeConfigError(f"{NAME}: calibration_loss must be callable")
-    return Options(sdf, sdf_space, shared_threshold, consensus, alpha, layer_inputs, rank_mode, rank_ratio, energy,
-                   filter_mode, filter_threshold, remainder_density, alm, alm_proxy, alm_probe, temperature,
-                   [lo, hi], lam)
 
 
 def _deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]], layers: dict[str, list[str]],
@@ -251,4 +193,4 @@ def _alm_weights(o: Options, pivot: Mapping[str, Tensor], layers: dict[str, list
     return layer_weights(scores, o.temperature, lo, hi), scores
 
 
-__all__: list[Any] = ["Options", "pivotmerge_merge"]
+__all__ = ["pivotmerge_merge"]

@@ -3,8 +3,8 @@
 The layer's K task vectors, flattened and stacked into S (K x D), are decomposed through the K x K Gram matrix
 G = S S^T (the thin SVD S = P diag(sigma) Q^T without any D x D factorisation): the first r directions are the
 shared subspace, the experts' coordinates there are merged once (``filter``), and the domain-specific
-remainders are trimmed and summed. pivotmerge/method.py's docstring and docs/method.md give the equations;
-the feature-space reading of SDF is pivotmerge/sdf_features.py.
+remainders are trimmed and summed. method.py's docstring and docs/method.md give the equations;
+the feature-space reading of SDF is sdf_features.py.
 """
 from __future__ import annotations
 

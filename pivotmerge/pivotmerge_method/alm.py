@@ -1,12 +1,12 @@
 """PivotMerge's Alignment-guided Layer-wise Merging (ALM): one weight per layer for its merged update.
 
-A score s_l per layer - data-free proxies (computed with the decomposition, pivotmerge/sdf.py) or the
+A score s_l per layer - data-free proxies (computed with the decomposition, sdf.py) or the
 calibration loss gain of the layer's update (:func:`data_scores`) - becomes the weight
 w_l = lo + (hi - lo) * exp((s_l - max s) / temperature) (:func:`layer_weights`). Or the weights are measured
 directly (``alm='search'``, :func:`searched_weights`): the best common weight among {0, hi/16, hi/8, hi/4,
 hi/2, hi, lo}, then per layer by coordinate descent over the same grid, all by the calibration loss; the
 pivot itself (every weight 0) when no merge beats it - never worse than its pivot on the calibration rows.
-pivotmerge/method.py's docstring and docs/method.md give the equations.
+method.py's docstring and docs/method.md give the equations.
 """
 from __future__ import annotations
 
