@@ -19,8 +19,8 @@ from pathlib import Path
 from eval.evaluate import ITEMS_FILE, RESULTS_FILE, Outcome, evaluate
 from eval.plan import EvalPlan, plan
 from eval.store import RESULTS_DIR, append_rows, results_rows
+from pivotmerge.artifacts import Artifact
 from pivotmerge.model_id import file_stem
-from pivotmerge.pipeline.artifacts import Artifact
 
 
 def run(ctx) -> None:

@@ -280,7 +280,7 @@ def suite_sources(ctx) -> list[SuiteSource]:
 
 
 def build_or_reuse_suite(ctx, options: dict) -> Suite:
-    from pivotmerge.pipeline.artifacts import content_key
+    from pivotmerge.artifacts import content_key
     from pivotmerge.pipeline.data import text_spec
 
     spec = {"data": {name: artifact.key for name, artifact in ctx.data.items()},
@@ -300,7 +300,7 @@ def suite_for_config(cfg) -> Suite:
     """Build (or reuse) the embedded suite of a run config: the data stage of its sources, then the suite."""
     from types import SimpleNamespace
 
-    from pivotmerge.pipeline.artifacts import ArtifactStore
+    from pivotmerge.artifacts import ArtifactStore
     from pivotmerge.pipeline.data import build_source, run_data_stage, selected_sources
 
     pool = make_pool(cfg.eval)

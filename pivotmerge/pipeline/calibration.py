@@ -12,8 +12,8 @@ import time
 
 import torch
 
+from pivotmerge.artifacts import Artifact, content_key
 from pivotmerge.merging.calibration import ExpertStats, compute_stats, load_stats, save_stats
-from pivotmerge.pipeline.artifacts import Artifact, content_key
 
 STATS_FILE = "stats.safetensors"
 

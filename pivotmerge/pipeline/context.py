@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from pivotmerge.artifacts import Artifact, ArtifactStore
 from pivotmerge.model_id import JOINT, PIVOT, ModelId
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
 
 
 @dataclass

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
+from pivotmerge.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.data.sources.base import DataSource, Example
 from pivotmerge.errors import ConfigError, DataError, PivotMergeError
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 
 SPLITS = ("train", "val", "test", "pool")
 

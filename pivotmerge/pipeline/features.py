@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load, save_file
 from tqdm.auto import tqdm
 
+from pivotmerge.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.errors import CacheError
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.pipeline.data import SPLITS, load_dataset_dict
 
 

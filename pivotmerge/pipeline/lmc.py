@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from pivotmerge.artifacts import Artifact, content_key
 from pivotmerge.model_id import PIVOT, ModelId, short_label
-from pivotmerge.pipeline.artifacts import Artifact, content_key
 
 LMC_FILE = "lmc.json"
 

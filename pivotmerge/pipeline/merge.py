@@ -24,11 +24,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import save_file
 
+from pivotmerge.artifacts import Artifact, content_key
 from pivotmerge.errors import ConfigError
 from pivotmerge.merging.calibration import needs_of
 from pivotmerge.merging.registry import accepted_extras, check_options, conf_dir, import_target
 from pivotmerge.models.mllm import projector_swapped
-from pivotmerge.pipeline.artifacts import Artifact, content_key
 from pivotmerge.pipeline.train import PROJECTOR_FILE
 from pivotmerge.wandb_logging import log_stage_run
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from pivotmerge.artifacts import ArtifactStore, library_version
 from pivotmerge.errors import StageIOError
-from pivotmerge.pipeline.artifacts import ArtifactStore, library_version
 from pivotmerge.pipeline.context import Context, StageLog
 from pivotmerge.pipeline.stages import plan
 from pivotmerge.version import code_version

@@ -10,8 +10,8 @@ import lightning as L
 import torch
 from safetensors.torch import load, save_file
 
+from pivotmerge.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.errors import CacheError
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlignment, StageProgressBar
 from pivotmerge.wandb_logging import log_training_output
 
@@ -86,7 +86,7 @@ def _resumable_checkpoint(last: Path) -> int | None:
     try:
         return int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
     except Exception as exc:  # truncated/corrupt pickle: any error of torch.load
-        from pivotmerge.pipeline.artifacts import quarantine
+        from pivotmerge.artifacts import quarantine
 
         quarantine(last, f"unreadable checkpoint: {type(exc).__name__}")
         return None

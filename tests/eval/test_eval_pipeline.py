@@ -104,7 +104,7 @@ def make_context(tmp_path, mllm, model_cfg):
     from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as ImageFeature
 
-    from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
+    from pivotmerge.artifacts import Artifact, ArtifactStore
     from pivotmerge.pipeline.context import Context, StageLog
     from pivotmerge.pipeline.features import SourceFeatures
 
