@@ -41,6 +41,7 @@ class Context:
     output_dir: Path
     outputs: dict[str, object] = field(default_factory=dict)    # declared output -> its value this seed
     stage: str | None = None    # the stage running now (set by the runner)
+    produced: dict[str, list[Artifact]] = field(default_factory=dict)   # stage -> the entries it logged as its own
     _mllm: object = None
 
     @classmethod
@@ -54,7 +55,7 @@ class Context:
         outputs = self.__dict__.get("outputs", {})
         if name in outputs:
             return outputs[name]
-        raise AttributeError(f"the run context has no {name!r}: no planned stage declares it as an output "
+        raise AttributeError(f"the run context has no {name!r}: no registered stage declares it as an output "
                              f"(declared: {sorted(outputs)})")
 
     def __setattr__(self, name: str, value) -> None:
@@ -80,7 +81,7 @@ class Context:
     @property
     def entries(self) -> list[Artifact]:
         """The entries the running stage produced under its own name (its W&B lineage)."""
-        return self.__dict__.setdefault("_entries", {}).setdefault(self.stage, [])
+        return self.produced.setdefault(self.stage, [])
 
     @property
     def mllm(self):

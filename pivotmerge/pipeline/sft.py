@@ -123,10 +123,9 @@ def run(ctx) -> None:
     for name, start in models.items():
         spec = {"projector": start.key, "recipe": shared}
         ctx.sft[name] = ctx.produce(
-            "sft", str(ModelId.sft(name)), lambda start=start, spec=spec, name=name: run_training_stage(
-                ctx.store, "sft", name, spec, mllm=ctx.mllm, init_state=ctx.projector(start), train=train,
-                val=val, train_cfg=train_cfg, seed=shared["seed"], instructions=[""],
-                logger_factory=logger_factory, lora=lora),
+            "sft", str(ModelId.sft(name)), run_training_stage, ctx.store, "sft", name, spec, mllm=ctx.mllm,
+            init_state=ctx.projector(start), train=train, val=val, train_cfg=train_cfg, seed=shared["seed"],
+            instructions=[""], logger_factory=logger_factory, lora=lora,
             note=f"{shared['steps']} steps, llm {shared['llm']}")
 
 
