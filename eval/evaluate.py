@@ -2,9 +2,9 @@
 
 In this process the jobs share the pipeline's MLLM: one adapter (`PivotMergeLMM`) with one feature cache,
 pre-filled from the cached test features, and each projector swapped in for its evaluation only. With
-`eval.workers > 1` they go to worker processes instead (eval/workers.py). Every finished evaluation is
-committed to the cache at once (`eval/<key>`: lmms-eval's results JSON and the per-item values), so an
-interrupted run keeps what it evaluated.
+`eval.workers > 1` they go to worker processes instead (eval/workers.py). The eval stage (eval/stage.py)
+commits every finished evaluation to the cache at once (`eval/<key>`: lmms-eval's results JSON and the per-item
+values), so an interrupted run keeps what it evaluated.
 """
 from __future__ import annotations
 
@@ -69,33 +69,6 @@ def llm_adapter(job: Job):
     from pivotmerge.pipeline.sft_lora import saved_adapter
 
     return saved_adapter(job.projector.path)
-
-
-def save(store, job: Job, results: tuple[dict, dict]) -> None:
-    """Commit one evaluation to the cache (unless another process committed the same one meanwhile)."""
-    aggregated, items = results
-    with store.claim("eval", job.key) as staging:
-        if staging is not None:
-            (staging / RESULTS_FILE).write_text(json.dumps(aggregated, indent=2, default=json_default))
-            (staging / ITEMS_FILE).write_text(json.dumps(items))
-            store.commit("eval", job.key, job.spec)
-
-
-def evaluate(ctx, plan: EvalPlan) -> dict[str, Outcome]:
-    """Evaluate and cache every job without a cache entry; its outcome by job key (reused jobs have none)."""
-    pending = [job for job in plan.jobs if not ctx.store.exists("eval", job.key)]
-    if plan.workers > 1 and len(pending) > 1:
-        from eval.workers import evaluate_in_workers
-
-        finished = evaluate_in_workers(ctx, plan, pending, min(plan.workers, len(pending)))
-    else:
-        finished = evaluate_here(ctx, plan, pending)
-    outcomes = {}
-    for job, results, outcome in finished:
-        if results is not None:
-            save(ctx.store, job, results)
-        outcomes[job.key] = outcome
-    return outcomes
 
 
 def _adapter(ctx, plan: EvalPlan):

@@ -14,8 +14,8 @@ import re
 import time
 from pathlib import Path
 
-from eval.table import Table
-from eval.writers import MISSING, format_cell, legend, short_name, to_markdown
+from eval.table import Table, short_name
+from eval.writers import MISSING, format_cell, legend, to_markdown
 from pivotmerge.model_id import ModelId
 
 HTML_FILE = "report.html"

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from eval.suite import TaskSet, make_pool
+from pivotmerge.artifacts import Artifact, content_key
 from pivotmerge.errors import ConfigError
 from pivotmerge.model_id import kind_of, name_of
-from pivotmerge.pipeline.artifacts import Artifact, content_key
 
 EXPERTS_ON = ("own_source", "all")
 

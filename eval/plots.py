@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.table import Table, is_percent
-from eval.writers import short_name
+from eval.table import Table, is_percent, short_name
 from pivotmerge.model_id import PIVOT, kind_of
 
 

@@ -16,11 +16,12 @@ from eval.store import RESULTS_DIR, find_stores, read_rows
 from eval.table import build_table
 from eval.writers import to_markdown, write_report
 from pivotmerge.errors import ConfigError
+from pivotmerge.pipeline.stage import Stage
+from pivotmerge.wandb_logging import enabled, log_report_run
 
 
 def run(ctx) -> None:
     from eval.html_report import write_html_report
-    from pivotmerge.wandb_logging import enabled, log_report_run
 
     cfg = ctx.cfg
     started = time.perf_counter()
@@ -36,7 +37,15 @@ def run(ctx) -> None:
     print("\n" + to_markdown(table), flush=True)
     print("Report from " + ", ".join(str(s) for s in stores) + ":\n" +
           "\n".join(f"  {kind:>3}: {path}" for kind, path in paths.items()), flush=True)
-    if enabled(cfg):
-        log_report_run(cfg, table, paths, stores)
+    ctx.report = {"table": table, "paths": paths, "stores": stores}
     ctx.log.add("report", f"table ({len(table.models)} models x {len(table.benchmarks)} benchmarks)", None,
                 time.perf_counter() - started, str(paths["md"]))
+
+
+def log_lineage(ctx, entries) -> None:
+    """The report's W&B run: the table, its files and the results stores it was built from."""
+    if enabled(ctx.cfg):
+        log_report_run(ctx.cfg, **ctx.report)
+
+
+STAGE = Stage("report", run, produces={"report": None}, per_seed=False, lineage=log_lineage)

@@ -280,27 +280,20 @@ def suite_sources(ctx) -> list[SuiteSource]:
 
 
 def build_or_reuse_suite(ctx, options: dict) -> Suite:
-    from pivotmerge.pipeline.artifacts import content_key
     from pivotmerge.pipeline.data import text_spec
 
     spec = {"data": {name: artifact.key for name, artifact in ctx.data.items()},
             "text": text_spec(ctx, ctx.data), "options": options,
             "code": code_fingerprint()}
-    key = content_key("eval_suite", spec)
-    store = ctx.store
-    with store.claim("eval_suite", key) as staging:
-        if staging is not None:
-            write_suite(suite_sources(ctx), options, staging)
-            store.commit("eval_suite", key, spec)
-    folder = store.verify("eval_suite", key)
-    return load_suite(folder, key)
+    entry = ctx.store.entry("eval_suite", spec, lambda staging: write_suite(suite_sources(ctx), options, staging))
+    return load_suite(ctx.store.verify("eval_suite", entry.key), entry.key)
 
 
 def suite_for_config(cfg) -> Suite:
     """Build (or reuse) the embedded suite of a run config: the data stage of its sources, then the suite."""
     from types import SimpleNamespace
 
-    from pivotmerge.pipeline.artifacts import ArtifactStore
+    from pivotmerge.artifacts import ArtifactStore
     from pivotmerge.pipeline.data import build_source, run_data_stage, selected_sources
 
     pool = make_pool(cfg.eval)

@@ -112,6 +112,11 @@ class Table:
         return column == "NLL" or self.metrics.get(column) in LOWER_IS_BETTER
 
 
+def short_name(benchmark: str) -> str:
+    """A benchmark's column label: the embedded suite's `pm_` prefix dropped."""
+    return benchmark[3:] if benchmark.startswith("pm_") else benchmark
+
+
 def is_percent(metric: str) -> bool:
     return not metric.startswith(RAW_SCALE_PREFIXES) and metric not in LOWER_IS_BETTER
 

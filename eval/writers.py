@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from eval.store import metric_unit
-from eval.table import Cell, Table
+from eval.table import Cell, Table, short_name
 from pivotmerge.model_id import PIVOT, kind_of
 
 MISSING = "–"
@@ -36,10 +36,6 @@ def format_cell(cell: Cell | None, plus_minus: str = " ±") -> str:
     elif cell.std is not None:
         text += f" (sd {cell.std:.1f})"
     return text
-
-
-def short_name(benchmark: str) -> str:
-    return benchmark[3:] if benchmark.startswith("pm_") else benchmark
 
 
 def format_p(value: float) -> str:

@@ -1,6 +1,6 @@
 """Weights & Biases: offline by default, every file under the run folder, one group per experiment.
 
-Lineage. Every cache entry (pipeline/artifacts.py) a run reads or writes is a W&B *reference* artifact named
+Lineage. Every cache entry (pivotmerge/artifacts.py) a run reads or writes is a W&B *reference* artifact named
 `<stage>[-<label>]-<content key>` whose files point into the cache folder (`file://...`, checksummed): nothing
 is copied or uploaded, and one cache entry is one artifact in every run and experiment. A run logs the
 entries its stage produced as outputs and declares as inputs the entries their specs name (a spec holds the
@@ -96,7 +96,7 @@ def sync_hint(cfg) -> str:
 
 # ---- cache entries as reference artifacts ---------------------------------------------------------------
 def _spec(entry) -> dict:
-    from pivotmerge.pipeline.artifacts import MANIFEST
+    from pivotmerge.artifacts import MANIFEST
 
     return json.loads((Path(entry.path) / MANIFEST).read_text())["spec"]
 
@@ -107,7 +107,7 @@ def _safe(text: str) -> str:
 
 def entry_inputs(store, spec) -> list:
     """The cache entries a spec names: every content key in it that is an entry of some stage."""
-    from pivotmerge.pipeline.artifacts import MANIFEST, Artifact
+    from pivotmerge.artifacts import MANIFEST, Artifact
 
     found, seen = [], set()
 

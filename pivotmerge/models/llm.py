@@ -34,7 +34,7 @@ def convert_smollm2(cache_dir: str | os.PathLike) -> Path:
     """Dequantise the wheel's GGUF once into `cache_dir/smollm2-135m-instruct` (atomic, locked against a
     parallel conversion, checked against its manifest on every use; a damaged copy is moved aside and
     converted again)."""
-    from pivotmerge.pipeline.artifacts import folder_problem, key_lock, quarantine
+    from pivotmerge.artifacts import folder_problem, key_lock, quarantine
 
     target = Path(cache_dir) / "smollm2-135m-instruct"
 
@@ -59,7 +59,7 @@ def convert_smollm2(cache_dir: str | os.PathLike) -> Path:
 def _convert_smollm2_into(target: Path) -> None:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from pivotmerge.pipeline.artifacts import write_manifest
+    from pivotmerge.artifacts import write_manifest
 
     gguf = smollm2_gguf_path()
     quantised = LlamaForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -8,12 +8,9 @@ diagonal Fisher of the caption loss on the first `calibration.fisher_rows` of th
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from pivotmerge.merging.calibration import ExpertStats, compute_stats, load_stats, save_stats
-from pivotmerge.pipeline.artifacts import Artifact, content_key
 
 STATS_FILE = "stats.safetensors"
 
@@ -37,15 +34,9 @@ def diagonal_fisher(mllm, state: dict[str, torch.Tensor], features: torch.Tensor
 
 
 def _cached(ctx, stage: str, name: str, spec: dict, build, note: str):
-    key = content_key(stage, spec)
-    started = time.perf_counter()
-    with ctx.store.claim(stage, key) as staging:
-        if staging is not None:
-            build(staging / STATS_FILE)
-            ctx.store.commit(stage, key, spec)
-        artifact = Artifact(stage, key, ctx.store.folder(stage, key), reused=staging is None)
-    ctx.log.add(stage, name, artifact, time.perf_counter() - started, note)
-    return load_stats(ctx.store.verify(stage, key) / STATS_FILE), key
+    artifact = ctx.produce(stage, name, ctx.store.entry, stage, spec, lambda staging: build(staging / STATS_FILE),
+                           note=note)
+    return load_stats(ctx.store.verify(stage, artifact.key) / STATS_FILE), artifact.key
 
 
 def expert_statistics(ctx, expert_names: list[str]) -> tuple[list[ExpertStats], dict[str, str]]:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from pivotmerge.artifacts import Artifact, ArtifactStore
 from pivotmerge.model_id import JOINT, PIVOT, ModelId
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
 
 
 @dataclass
@@ -30,24 +31,57 @@ class StageLog:
 
 @dataclass
 class Context:
-    """Everything a stage needs; later stages read what earlier ones put here."""
+    """Everything a stage needs: the config, the store, the log, and the outputs the stages declare
+    (`Stage.produces`), read and written as attributes (`ctx.pivot`, `ctx.experts[name]`). A name that no
+    stage declares is an AttributeError, so a typo never becomes a silent new field."""
 
     cfg: object
     store: ArtifactStore
     log: StageLog
     output_dir: Path
-    sources: dict[str, object] = field(default_factory=dict)         # name -> DataSource
-    source_cfgs: dict[str, object] = field(default_factory=dict)
-    data: dict[str, Artifact] = field(default_factory=dict)
-    features: dict[str, object] = field(default_factory=dict)        # name -> SourceFeatures
-    feature_artifacts: dict[str, Artifact] = field(default_factory=dict)
-    pivot: Artifact | None = None
-    experts: dict[str, Artifact] = field(default_factory=dict)
-    joint: Artifact | None = None
-    merged: dict[str, Artifact] = field(default_factory=dict)
-    merge_experts: list[str] = field(default_factory=list)
-    sft: dict[str, Artifact] = field(default_factory=dict)            # stage-1 model name -> its tuned projector
+    outputs: dict[str, object] = field(default_factory=dict)    # declared output -> its value this seed
+    stage: str | None = None    # the stage running now (set by the runner)
+    produced: dict[str, list[Artifact]] = field(default_factory=dict)   # stage -> the entries it logged as its own
     _mllm: object = None
+
+    @classmethod
+    def for_stages(cls, stages, **fields) -> Context:
+        """A context holding the empty outputs `stages` declare."""
+        outputs = {name: empty() if empty is not None else None
+                   for stage in stages for name, empty in stage.produces.items()}
+        return cls(outputs=outputs, **fields)
+
+    def __getattr__(self, name: str):
+        outputs = self.__dict__.get("outputs", {})
+        if name in outputs:
+            return outputs[name]
+        raise AttributeError(f"the run context has no {name!r}: no registered stage declares it as an output "
+                             f"(declared: {sorted(outputs)})")
+
+    def __setattr__(self, name: str, value) -> None:
+        outputs = self.__dict__.get("outputs")
+        if outputs is not None and name in outputs:
+            outputs[name] = value
+        elif name in self.__dataclass_fields__:
+            object.__setattr__(self, name, value)
+        else:
+            raise AttributeError(f"{name!r} is not an output any stage declares (Stage.produces)")
+
+    def produce(self, kind: str, name: str, make: Callable[..., Artifact | None], *args,
+                note: str | Callable = "", **kwargs) -> Artifact | None:
+        """`make(*args, **kwargs)`, which makes or reuses one cache entry of `kind` (through `store.entry`),
+        timed, with its stage-log row; `note` may be a function of the entry, for what is known only after."""
+        started = time.perf_counter()
+        artifact = make(*args, **kwargs)
+        self.log.add(kind, name, artifact, time.perf_counter() - started, note(artifact) if callable(note) else note)
+        if artifact is not None and kind == self.stage:
+            self.entries.append(artifact)
+        return artifact
+
+    @property
+    def entries(self) -> list[Artifact]:
+        """The entries the running stage produced under its own name (its W&B lineage)."""
+        return self.produced.setdefault(self.stage, [])
 
     @property
     def mllm(self):

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
+from pivotmerge.artifacts import Artifact, ArtifactStore
 from pivotmerge.data.sources.base import DataSource, Example
 from pivotmerge.errors import ConfigError, DataError, PivotMergeError
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
+from pivotmerge.pipeline.stage import Stage
 
 SPLITS = ("train", "val", "test", "pool")
 
@@ -125,10 +126,8 @@ def run_data_stage(store: ArtifactStore, name: str, source_cfg, split_cfg) -> Ar
     from datasets import Image as ImageFeature
 
     spec = data_spec(name, source_cfg, split_cfg)
-    key = content_key("data", spec)
-    with store.claim("data", key) as staging:
-        if staging is None:
-            return Artifact("data", key, store.folder("data", key), reused=True)
+
+    def build(staging: Path) -> None:
         source = build_source(source_cfg)
         sizes = SplitSizes(int(split_cfg.train), int(split_cfg.val), int(split_cfg.test), int(split_cfg.pool))
         splits = stratified_split(source.examples(), sizes, int(split_cfg.seed))
@@ -141,7 +140,8 @@ def run_data_stage(store: ArtifactStore, name: str, source_cfg, split_cfg) -> Ar
                                      features=features)
             for split, rows in splits.items() if rows})   # an empty pool is no split (HF cannot reload one)
         dataset.save_to_disk(str(staging / "dataset"))
-        return Artifact("data", key, store.commit("data", key, spec), reused=False)
+
+    return store.entry("data", spec, build)
 
 
 def load_dataset_dict(folder: Path):
@@ -154,13 +154,12 @@ def load_dataset_dict(folder: Path):
 
 
 def run(ctx) -> None:
-    """Stage entry: each selected source's dataset (built once, then reused from the cache)."""
-    import time
-
+    """Each selected source's dataset (built once, then reused from the cache)."""
     for name in selected_sources(ctx.cfg):
         source_cfg = ctx.cfg.data.sources[name]
         ctx.source_cfgs[name] = source_cfg
         ctx.sources[name] = build_source(source_cfg)
-        started = time.perf_counter()
-        ctx.data[name] = run_data_stage(ctx.store, name, source_cfg, ctx.cfg.data.split)
-        ctx.log.add("data", name, ctx.data[name], time.perf_counter() - started)
+        ctx.data[name] = ctx.produce("data", name, run_data_stage, ctx.store, name, source_cfg, ctx.cfg.data.split)
+
+
+STAGE = Stage("data", run, produces={"sources": dict, "source_cfgs": dict, "data": dict}, all_ranks=True)

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load, save_file
 from tqdm.auto import tqdm
 
+from pivotmerge.artifacts import Artifact, ArtifactStore
 from pivotmerge.errors import CacheError
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.pipeline.data import SPLITS, load_dataset_dict
+from pivotmerge.pipeline.stage import Stage, entries_run
 
 
 @dataclass
@@ -30,10 +31,8 @@ def run_features_stage(store: ArtifactStore, name: str, data_artifact: Artifact,
                        tower_factory) -> Artifact:
     spec = feature_spec(vision_cfg, data_artifact.key)
     batch_size = int(vision_cfg.get("encode_batch_size") or 64)
-    key = content_key("features", spec)
-    with store.claim("features", key) as staging:
-        if staging is None:
-            return Artifact("features", key, store.folder("features", key), reused=True)
+
+    def build(staging) -> None:
         tower = tower_factory()
         dataset = load_dataset_dict(data_artifact.path)
         first = None
@@ -48,7 +47,8 @@ def run_features_stage(store: ArtifactStore, name: str, data_artifact: Artifact,
             first = encoded if split == SPLITS[0] else first
             save_file({"features": encoded.contiguous()}, str(staging / f"{split}.safetensors"))
             (staging / f"{split}.labels.json").write_text(json.dumps(list(rows["label"]) if len(rows) else []))
-        return Artifact("features", key, store.commit("features", key, spec), reused=False)
+
+    return store.entry("features", spec, build)
 
 
 def load_source_features(store: ArtifactStore, name: str, artifact: Artifact) -> SourceFeatures:
@@ -70,11 +70,7 @@ def load_source_features(store: ArtifactStore, name: str, artifact: Artifact) ->
 
 
 def run(ctx) -> None:
-    """Stage entry: every source's visual tokens from the frozen tower (built only when something is new)."""
-    import time
-
-    from pivotmerge.wandb_logging import log_stage_run
-
+    """Every source's visual tokens from the frozen tower (built only when something is new)."""
     tower = {}
 
     def tower_factory():
@@ -84,11 +80,16 @@ def run(ctx) -> None:
             tower["t"] = build_vision_tower(ctx.cfg.model.vision)
         return tower["t"]
 
-    for name, data_artifact in ctx.data.items():
-        started = time.perf_counter()
+    def made_and_loaded(name: str, data_artifact: Artifact) -> Artifact:
         artifact = run_features_stage(ctx.store, name, data_artifact, ctx.cfg.model.vision, tower_factory)
         ctx.feature_artifacts[name] = artifact
         ctx.features[name] = load_source_features(ctx.store, name, artifact)
-        shape = tuple(ctx.features[name].features["train"].shape)
-        ctx.log.add("features", name, artifact, time.perf_counter() - started, f"train {shape}")
-    log_stage_run(ctx.cfg, ctx.store, "features", f"features-seed{ctx.cfg.seed}", ctx.feature_artifacts.values())
+        return artifact
+
+    for name, data_artifact in ctx.data.items():
+        ctx.produce("features", name, made_and_loaded, name, data_artifact,
+                    note=lambda _, name=name: f"train {tuple(ctx.features[name].features['train'].shape)}")
+
+
+STAGE = Stage("features", run, needs=("data",), produces={"features": dict, "feature_artifacts": dict},
+              lineage=entries_run, all_ranks=True)

@@ -10,14 +10,13 @@ diagnostics (cached per pivot, experts and calibration rows).
 from __future__ import annotations
 
 import json
-import time
 from itertools import combinations
 from pathlib import Path
 
 import torch
 
+from pivotmerge.artifacts import Artifact
 from pivotmerge.model_id import PIVOT, ModelId, short_label
-from pivotmerge.pipeline.artifacts import Artifact, content_key
 
 LMC_FILE = "lmc.json"
 
@@ -90,17 +89,16 @@ def run_lmc(ctx, pivot, experts: dict, loss_fn, points: int) -> Artifact:
     spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in experts}, "points": points,
             "per_source": int(ctx.cfg.calibration.per_source),
             "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
-    key = content_key("lmc", spec)
-    started = time.perf_counter()
-    with ctx.store.claim("lmc", key) as staging:
-        if staging is not None:
-            data = connectivity(pivot, experts, loss_fn, points)
-            (staging / LMC_FILE).write_text(json.dumps(data, indent=2))
-            plot(data, staging / "lmc.png")
-            ctx.store.commit("lmc", key, spec)
-        artifact = Artifact("lmc", key, ctx.store.folder("lmc", key), reused=staging is None)
-    data = json.loads((ctx.store.verify("lmc", key) / LMC_FILE).read_text())
-    worst = max(data["lines"], key=lambda line: line["barrier"])
-    ctx.log.add("lmc", f"{len(data['lines'])} lines", artifact, time.perf_counter() - started,
-                f"highest barrier {worst['barrier']:.3f} ({worst['from']} -> {worst['to']})")
-    return artifact
+
+    def build(staging: Path) -> None:
+        data = connectivity(pivot, experts, loss_fn, points)
+        (staging / LMC_FILE).write_text(json.dumps(data, indent=2))
+        plot(data, staging / "lmc.png")
+
+    def worst_line(artifact) -> str:
+        data = json.loads((ctx.store.verify("lmc", artifact.key) / LMC_FILE).read_text())
+        worst = max(data["lines"], key=lambda line: line["barrier"])
+        return f"highest barrier {worst['barrier']:.3f} ({worst['from']} -> {worst['to']})"
+
+    return ctx.produce("lmc", f"{len(lines(pivot, experts))} lines", ctx.store.entry, "lmc", spec, build,
+                       note=worst_line)

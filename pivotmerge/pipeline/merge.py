@@ -16,6 +16,7 @@ loss barriers between pivot and experts (pivotmerge/pipeline/lmc.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -28,9 +29,9 @@ from pivotmerge.merging.call import aligned_experts, merge
 from pivotmerge.merging.registry import check_options, conf_dir, import_target
 from pivotmerge.merging.spec import spec_of
 from pivotmerge.models.mllm import projector_swapped
-from pivotmerge.pipeline.artifacts import Artifact, content_key
+from pivotmerge.pipeline.stage import Stage, entries_run
 from pivotmerge.pipeline.train import PROJECTOR_FILE
-from pivotmerge.wandb_logging import log_stage_run
+from pivotmerge.preflight.schema import CalibrationSchema, MergeDiagnosticsSchema, MergeSearchSchema
 
 
 def calibration_batch(ctx, per_source: int, split: str = "val") -> dict[str, torch.Tensor]:
@@ -249,16 +250,8 @@ def run(ctx) -> None:
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in expert_names},
                 "target": method_cfg._target_, "options": options, **identity,
                 **({ALIGN_KEY: align} if align != "none" else {})}
-        key = content_key("merge", spec)
-        started = time.perf_counter()
-        with ctx.store.claim("merge", key) as staging:
-            if staging is None:
-                ctx.merged[name] = Artifact("merge", key, ctx.store.folder("merge", key), reused=True)
-            else:
-                ctx.merged[name] = _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, aligned,
-                                               expert_names, align)
-        ctx.log.add("merge", name, ctx.merged[name], time.perf_counter() - started)
-    log_stage_run(cfg, ctx.store, "merge", f"merge-seed{int(cfg.seed)}", ctx.merged.values())
+        ctx.merged[name] = ctx.produce("merge", name, ctx.store.entry, "merge", spec, functools.partial(
+            _merge_into, name, fn, kwargs, options, pivot, aligned, expert_names, align))
     if selections:
         path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
         path.write_text(json.dumps(selections, indent=2, default=str))
@@ -280,8 +273,7 @@ def _connectivity(ctx, pivot, experts: dict, inputs: MergeInputs) -> None:
     shutil.copy2(artifact.path / "lmc.json", folder / f"loss_barriers{suffix}.json")
 
 
-def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, experts, expert_names,
-                align: str) -> Artifact:
+def _merge_into(name, fn, kwargs, options, pivot, experts, expert_names, align: str, staging) -> None:
     from pivotmerge.merging.diagnostics import collect, write_diagnostics
 
     started = time.perf_counter()
@@ -295,7 +287,6 @@ def _merge_into(ctx, staging, name, key, spec, fn, kwargs, options, pivot, exper
     write_diagnostics(diagnostics, staging / "diagnostics")
     (staging / "metrics.json").write_text(json.dumps({"method": name, "options": options,
                                                       "merge_seconds": round(seconds, 3)}, indent=2))
-    return Artifact("merge", key, ctx.store.commit("merge", key, spec), reused=False)
 
 
 def select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs: MergeInputs, align: str):
@@ -310,17 +301,20 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
                 "target": method_cfg._target_, "options": candidate, "per_source": int(ctx.cfg.calibration.per_source),
                 "features": {n: a.key for n, a in ctx.feature_artifacts.items()}, **identity,
                 **({ALIGN_KEY: align} if align != "none" else {})}
-        key = content_key("select", spec)
-        with ctx.store.claim("select", key) as staging:
-            if staging is None:
-                loss = json.loads((ctx.store.verify("select", key) / "score.json").read_text())["val_loss"]
-            else:
-                loss = loss_fn(merge(fn, pivot, experts, candidate, **kwargs))
-                (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
-                ctx.store.commit("select", key, spec)
+
+        def score(staging, fn=fn, kwargs=kwargs, candidate=candidate):
+            (staging / "score.json").write_text(json.dumps({"val_loss": loss_fn(merge(fn, pivot, experts, candidate, **kwargs))}))
+
+        entry = ctx.store.entry("select", spec, score)
+        loss = json.loads((ctx.store.verify("select", entry.key) / "score.json").read_text())["val_loss"]
         table.append({"options": candidate, "val_loss": round(loss, 5)})
     best = min(table, key=lambda row: row["val_loss"])
     changed = {k: v for k, v in best["options"].items() if options.get(k) != v}
     print(f"[  select] {name:<20} {len(table)} candidates, best val loss {best['val_loss']:.4f} {changed or ''}",
           flush=True)
     return best["options"], table
+
+
+STAGE = Stage("merge", run, needs=("experts",), produces={"merged": dict, "merge_experts": list},
+              config={"calibration": CalibrationSchema, "merge_search": MergeSearchSchema,
+                      "merge_diagnostics": MergeDiagnosticsSchema}, lineage=entries_run)

@@ -5,9 +5,8 @@ with general alignment). Independent experts (`scenario.experts.start=independen
 own from this same recipe with their own seed (`warmed_up`)."""
 from __future__ import annotations
 
-import time
-
 from pivotmerge.pipeline.data import instructions, text_spec
+from pivotmerge.pipeline.stage import Stage
 from pivotmerge.pipeline.train import (
     caption_source,
     model_spec,
@@ -39,8 +38,9 @@ def warmed_up(ctx, seed: int, name: str):
 
 def run(ctx) -> None:
     pivot_cfg = ctx.cfg.scenario.pivot
-    started = time.perf_counter()
-    ctx.pivot = warmed_up(ctx, int(ctx.cfg.seed), "pivot")
     steps = int(pivot_cfg.steps) if pivot_cfg.init == "warmup" else 0
-    ctx.log.add("pivot", f"pivot ({pivot_cfg.init}, {pivot_cfg.data}, {steps} steps)", ctx.pivot,
-                time.perf_counter() - started)
+    ctx.pivot = ctx.produce("pivot", f"pivot ({pivot_cfg.init}, {pivot_cfg.data}, {steps} steps)", warmed_up, ctx,
+                            int(ctx.cfg.seed), "pivot")
+
+
+STAGE = Stage("pivot", run, needs=("features",), produces={"pivot": None}, all_ranks=True)

@@ -1,6 +1,9 @@
 """Runs the planned stages in order for every seed, reusing every cached output, and says what it reused and
 what it ran (`stages.json`, `run_info.json`, `resolved_config.yaml` in the run folder). A file-system fault in
-a stage ends the run with one line naming the stage, the entry and the cause (`stage_faults`)."""
+a stage ends the run with one line naming the stage, the entry and the cause (`stage_faults`).
+
+What a stage declares (pipeline/stage.py) the runner does for it: the preflight of the planned stages, one
+Context per seed holding every declared output, and each stage's W&B lineage once it has run."""
 from __future__ import annotations
 
 import json
@@ -12,10 +15,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from pivotmerge.artifacts import ArtifactStore, library_version
 from pivotmerge.errors import StageIOError
-from pivotmerge.pipeline.artifacts import ArtifactStore, library_version
 from pivotmerge.pipeline.context import Context, StageLog
-from pivotmerge.pipeline.stages import plan
+from pivotmerge.pipeline.stage import Stage
+from pivotmerge.pipeline.stages import plan, registered
 from pivotmerge.version import code_version
 
 # Installed versions recorded in every run folder's run_info.json.
@@ -51,26 +55,33 @@ def run(cfg, mllm=None) -> Context:
         seed_cfg = cfg.copy()
         with open_dict(seed_cfg):
             seed_cfg.seed = seed
-        ctx = Context(cfg=seed_cfg, store=ArtifactStore(cfg.paths.cache_dir), log=log, output_dir=output_dir,
-                      _mllm=ctx._mllm if ctx is not None else mllm)
+        ctx = Context.for_stages(registered(), cfg=seed_cfg, store=ArtifactStore(cfg.paths.cache_dir), log=log,
+                                 output_dir=output_dir, _mllm=ctx._mllm if ctx is not None else mllm)
         if report_only:
             break
         if len(seeds) > 1:
             print(f"\n==== seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) ====", flush=True)
         for stage in stages:
             if stage.per_seed and (stage.all_ranks or global_rank() == 0):
-                with stage_faults(stage.name):
-                    stage.run(ctx)
+                run_stage(ctx, stage)
     if global_rank() != 0:
         return ctx   # under ddp/fsdp the other ranks only join training
     for stage in stages:
         if not stage.per_seed:
-            with stage_faults(stage.name):
-                stage.run(ctx)
+            run_stage(ctx, stage)
     with stage_faults("summary"):
         (output_dir / "stages.json").write_text(json.dumps(log.rows, indent=2))
     print(f"\n{log.summary()} in {time.perf_counter() - started:.0f}s. Outputs: {output_dir}", flush=True)
     return ctx
+
+
+def run_stage(ctx: Context, stage: Stage) -> None:
+    """One stage, then its W&B lineage (given the cache entries it logged under its own name)."""
+    with stage_faults(stage.name):
+        ctx.stage = stage.name
+        stage.run(ctx)
+        if stage.lineage is not None:
+            stage.lineage(ctx, list(ctx.entries))
 
 
 @contextmanager

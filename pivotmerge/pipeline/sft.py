@@ -15,13 +15,15 @@ The LLM stays frozen (`sft.llm=frozen`) or is adapted with LoRA (`sft.llm=lora`,
 from __future__ import annotations
 
 import random
-import time
+from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
 from pivotmerge.errors import ConfigError
 from pivotmerge.model_id import ModelId, kind_of
+from pivotmerge.pipeline.stage import Stage
 from pivotmerge.pipeline.train import run_training_stage, train_spec
+from pivotmerge.preflight.schema import fail, rule
 from pivotmerge.training import CaptionSource
 
 EASYVQA_QUESTIONS = "easyvqa_questions"   # the instruction source of easy-VQA's own questions
@@ -119,11 +121,58 @@ def run(ctx) -> None:
 
         lora = LoraRecipe.from_config(ctx.cfg.sft.lora)
     for name, start in models.items():
-        started = time.perf_counter()
         spec = {"projector": start.key, "recipe": shared}
-        artifact = run_training_stage(ctx.store, "sft", name, spec, mllm=ctx.mllm, init_state=ctx.projector(start),
-                                      train=train, val=val, train_cfg=train_cfg, seed=shared["seed"],
-                                      instructions=[""], logger_factory=logger_factory, lora=lora)
-        ctx.sft[name] = artifact
-        ctx.log.add("sft", str(ModelId.sft(name)), artifact, time.perf_counter() - started,
-                    f"{shared['steps']} steps, llm {shared['llm']}")
+        ctx.sft[name] = ctx.produce(
+            "sft", str(ModelId.sft(name)), run_training_stage, ctx.store, "sft", name, spec, mllm=ctx.mllm,
+            init_state=ctx.projector(start), train=train, val=val, train_cfg=train_cfg, seed=shared["seed"],
+            instructions=[""], logger_factory=logger_factory, lora=lora,
+            note=f"{shared['steps']} steps, llm {shared['llm']}")
+
+
+def check_sft(cfg, sources: list[str]) -> None:
+    """The stage's preflight: it selects known model kinds and LoRA targets known linear layers."""
+    from pivotmerge.pipeline.sft_lora import LORA_MODULES
+
+    sft = cfg.sft
+    kinds = ("pivot", "joint", "merge", "expert")
+    bad = [k for k in sft.models if k not in kinds]
+    if bad or not len(sft.models):
+        raise fail("sft.models", sft.models, f"names unknown model kind(s) {bad}" if bad else "is empty",
+                   f"kinds: {', '.join(kinds)}")
+    unknown = [m for m in sft.lora.target_modules if m not in LORA_MODULES]
+    if unknown or not len(sft.lora.target_modules):
+        raise fail("sft.lora.target_modules", sft.lora.target_modules,
+                   f"names unknown module(s) {unknown}" if unknown else "is empty",
+                   f"the LLM's linear layers: {', '.join(LORA_MODULES)}")
+
+
+@dataclass
+class SftLoraSchema:
+    r: int = rule(ge=1)
+    alpha: float = rule(gt=0.0)
+    dropout: float = rule(ge=0.0, lt=1.0)
+    lr: float = rule(gt=0.0)
+    target_modules: list[str] = rule()
+
+
+@dataclass
+class SftDataSchema:
+    rows_per_source: int = rule(ge=1)
+    easyvqa_questions: bool = rule()
+    questions: dict | None = rule()
+
+
+@dataclass
+class SftSchema:
+    models: list[str] = rule()
+    steps: int = rule(ge=1, fix="instruction tuning needs a budget, e.g. sft.steps=60; leave sft out of `stages` "
+                              "for none")
+    lr: float = rule(gt=0.0)
+    seed: int = rule()
+    llm: str = rule(choices=("frozen", "lora"))
+    lora: SftLoraSchema = rule()
+    data: SftDataSchema = rule()
+
+
+STAGE = Stage("sft", run, needs=("merge",), produces={"sft": dict}, config={"sft": SftSchema},
+              preflight=check_sft)   # LLaVA stage 2 after merging (experiment=stage2)

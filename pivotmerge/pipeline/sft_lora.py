@@ -81,7 +81,7 @@ def saved_adapter(folder: Path) -> tuple[LoraRecipe, dict[str, torch.Tensor]] | 
     """The recipe and weights of the LoRA adapters an `sft` entry holds; None for a frozen-LLM tuning."""
     from safetensors.torch import load_file
 
-    from pivotmerge.pipeline.artifacts import MANIFEST
+    from pivotmerge.artifacts import MANIFEST
 
     if not (Path(folder) / LORA_FILE).is_file():
         return None

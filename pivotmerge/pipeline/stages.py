@@ -1,44 +1,59 @@
-"""The stages, listed once, in the order they run. Each is a module with `run(ctx)`.
+"""The stages, registered once as objects, in the order they run (each declares itself: pipeline/stage.py).
 
-`needs`: the stages whose outputs a stage reads; asking for a stage runs (or reuses) everything it needs.
-`per_seed`: run once per seed of `seeds` (else once per run, after every seed: the report).
-`all_ranks`: also runs on the non-zero ranks of a multi-process (ddp/fsdp) training run, which only join
-training.
+This module sits above every stage (the eval stages included): it imports them, none imports it, so the
+import graph sees every stage (tests/test_import_graph.py). A stage added from outside this package (an
+experiment's own module, a test) calls `register(STAGE)` and runs after the stages it needs.
 """
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
+from dataclasses import replace
+
+from eval import report as report_stage
+from eval import stage as eval_stage
+from pivotmerge.pipeline import data, experts, features, merge, pivot, sft
+from pivotmerge.pipeline.stage import Stage
+from pivotmerge.preflight.merges import check_merges
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    module: str
-    needs: tuple[str, ...] = ()
-    per_seed: bool = True
-    all_ranks: bool = False
-
-    def run(self, ctx) -> None:
-        importlib.import_module(self.module).run(ctx)
+def check_merge_methods(cfg, sources: list[str]) -> None:
+    """The merge stage's preflight: each selected method runs once on a tiny synthetic problem. Wired here, not
+    in pipeline/merge.py, because preflight/merges.py reads that module (it would be an import cycle)."""
+    subset = cfg.get("num_experts_merged")
+    check_merges(cfg, len(sources) if subset is None else int(subset))
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage("data", "pivotmerge.pipeline.data", all_ranks=True),
-    Stage("features", "pivotmerge.pipeline.features", ("data",), all_ranks=True),
-    Stage("pivot", "pivotmerge.pipeline.pivot", ("features",), all_ranks=True),
-    Stage("experts", "pivotmerge.pipeline.experts", ("pivot",), all_ranks=True),
-    Stage("merge", "pivotmerge.pipeline.merge", ("experts",)),
-    Stage("sft", "pivotmerge.pipeline.sft", ("merge",)),   # LLaVA stage 2 after merging (experiment=stage2)
-    Stage("eval", "eval.stage", ("experts",)),
-    Stage("report", "eval.report", per_seed=False),
-)
-STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+_STAGES: list[Stage] = [data.STAGE, features.STAGE, pivot.STAGE, experts.STAGE,
+                        replace(merge.STAGE, preflight=check_merge_methods), sft.STAGE, eval_stage.STAGE,
+                        report_stage.STAGE]
+
+
+def register(stage: Stage) -> Stage:
+    """Add a stage (after the ones registered so far; those it needs must be among them)."""
+    names = stage_names()
+    if stage.name in names:
+        raise ValueError(f"a stage named {stage.name!r} is already registered")
+    missing = [n for n in stage.needs if n not in names]
+    if missing:
+        raise ValueError(f"stage {stage.name!r} needs unregistered stage(s) {missing}")
+    _STAGES.append(stage)
+    return stage
+
+
+def unregister(name: str) -> None:
+    _STAGES[:] = [stage for stage in _STAGES if stage.name != name]
+
+
+def registered() -> tuple[Stage, ...]:
+    return tuple(_STAGES)
+
+
+def stage_names() -> tuple[str, ...]:
+    return tuple(stage.name for stage in _STAGES)
 
 
 def plan(requested) -> list[Stage]:
     """The stages to run for `requested` names: those and everything they need, in stage order."""
-    by_name = {stage.name: stage for stage in STAGES}
+    by_name = {stage.name: stage for stage in _STAGES}
     wanted: set[str] = set()
     todo = [name for name in requested if name in by_name]
     while todo:
@@ -46,4 +61,4 @@ def plan(requested) -> list[Stage]:
         if name not in wanted:
             wanted.add(name)
             todo.extend(by_name[name].needs)
-    return [stage for stage in STAGES if stage.name in wanted]
+    return [stage for stage in _STAGES if stage.name in wanted]

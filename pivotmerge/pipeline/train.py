@@ -10,8 +10,9 @@ import lightning as L
 import torch
 from safetensors.torch import load, save_file
 
+from pivotmerge.artifacts import Artifact, ArtifactStore
 from pivotmerge.errors import CacheError
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
+from pivotmerge.pipeline.sft_lora import LORA_FILE, lora_state
 from pivotmerge.training import CaptionDataModule, CaptionSource, ProjectorAlignment, StageProgressBar
 from pivotmerge.wandb_logging import log_training_output
 
@@ -69,13 +70,23 @@ def run_training_stage(store: ArtifactStore, stage: str, name: str, spec: dict, 
     then reuses it. Under ddp/fsdp only rank 0 claims (the other ranks train alongside it)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    key = content_key(stage, spec)
-    with store.claim(stage, key, lock=int(getattr(rank_zero_only, "rank", 0) or 0) == 0) as staging:
-        if staging is None:
-            return Artifact(stage, key, store.folder(stage, key), reused=True)
-        return _train(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state, train=train,
-                      val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
-                      logger_factory=logger_factory, lora=lora)
+    # without steps nothing is distributed: every rank may build (the lock makes the others reuse)
+    builder = int(getattr(rank_zero_only, "rank", 0) or 0) == 0 or int(train_cfg.steps) == 0
+    trained = []
+
+    def build(staging: Path) -> None:
+        trained.append(_train(stage, name, spec, staging, mllm=mllm, init_state=init_state, train=train, val=val,
+                              train_cfg=train_cfg, seed=seed, instructions=instructions,
+                              logger_factory=logger_factory, lora=lora, save=builder))
+
+    keep = (PROJECTOR_FILE, "metrics.json") + ((LORA_FILE,) if lora is not None else ())
+    artifact = store.entry(stage, spec, build, keep=keep, builder=builder)
+    trainer = trained[0] if trained else None
+    if trainer is not None:
+        if trainer.world_size > 1:
+            trainer.strategy.barrier()   # every rank holds the same projector; rank 0 committed it
+        log_training_output(trainer.logger, store, artifact)   # the projector is the run's output
+    return artifact
 
 
 def _resumable_checkpoint(last: Path) -> int | None:
@@ -86,32 +97,32 @@ def _resumable_checkpoint(last: Path) -> int | None:
     try:
         return int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
     except Exception as exc:  # truncated/corrupt pickle: any error of torch.load
-        from pivotmerge.pipeline.artifacts import quarantine
+        from pivotmerge.artifacts import quarantine
 
         quarantine(last, f"unreadable checkpoint: {type(exc).__name__}")
         return None
 
 
-def _train(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, staging: Path, *, mllm,
-           init_state, train, val, train_cfg, seed: int, instructions: list[str], logger_factory,
-           lora=None) -> Artifact:
+def _train(stage: str, name: str, spec: dict, staging: Path, *, mllm, init_state, train, val, train_cfg,
+           seed: int, instructions: list[str], logger_factory, lora=None, save: bool = True):
+    """Train into `staging` (the projector and metrics are written when `save`); the trainer, or None
+    without steps."""
     if lora is None:
-        return _train_attached(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state,
-                               train=train, val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
-                               logger_factory=logger_factory)
+        return _train_attached(stage, name, spec, staging, mllm=mllm, init_state=init_state, train=train, val=val,
+                               train_cfg=train_cfg, seed=seed, instructions=instructions,
+                               logger_factory=logger_factory, save=save)
     reuse = mllm.reuse_head_kv
     with lora.attached(mllm.llm) as params:
         try:
-            return _train_attached(store, stage, name, key, spec, staging, mllm=mllm, init_state=init_state,
-                               train=train, val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
-                                   logger_factory=logger_factory, extra=(params, lora.lr))
+            return _train_attached(stage, name, spec, staging, mllm=mllm, init_state=init_state, train=train,
+                                   val=val, train_cfg=train_cfg, seed=seed, instructions=instructions,
+                                   logger_factory=logger_factory, extra=(params, lora.lr), save=save)
         finally:
             mllm.reuse_head_kv = reuse   # the LLM is its frozen self again once the adapters are off
 
 
-def _train_attached(store: ArtifactStore, stage: str, name: str, key: str, spec: dict, staging: Path, *, mllm,
-                    init_state, train, val, train_cfg, seed: int, instructions: list[str], logger_factory,
-                    extra=None) -> Artifact:
+def _train_attached(stage: str, name: str, spec: dict, staging: Path, *, mllm, init_state, train, val, train_cfg,
+                    seed: int, instructions: list[str], logger_factory, extra=None, save: bool = True):
     steps = int(train_cfg.steps)
     mllm.projector.load_state_dict(init_state)
     metrics: dict = {"name": name, "steps": steps, "seed": seed}
@@ -154,31 +165,19 @@ def _train_attached(store: ArtifactStore, stage: str, name: str, key: str, spec:
         metrics.update({"train_seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 1),
                         "final_train_loss": _metric(trainer, "train/loss"),
                         "val_loss": _metric(trainer, "val/loss"), "resumed": resumed})
-    if steps > 0 and trainer.world_size > 1:
-        # Multi-process strategies (ddp/fsdp): every rank holds the same projector; rank 0 commits.
-        if trainer.global_rank == 0:
-            _save_and_commit(store, stage, key, spec, staging, mllm, metrics, lora=extra is not None)
-        trainer.strategy.barrier()
-        artifact = Artifact(stage, key, store.folder(stage, key), reused=False)
-    else:
-        artifact = Artifact(stage, key, _save_and_commit(store, stage, key, spec, staging, mllm, metrics,
-                                                         lora=extra is not None), reused=False)
-    if steps > 0:
-        log_training_output(trainer.logger, store, artifact)   # the projector is the run's output
-    return artifact
+    if steps == 0:
+        trainer = None
+    if save:
+        _save(staging, mllm, metrics, lora=extra is not None)
+    return trainer
 
 
-def _save_and_commit(store, stage, key, spec, staging, mllm, metrics, lora: bool = False) -> Path:
+def _save(staging: Path, mllm, metrics: dict, lora: bool = False) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in mllm.projector.state_dict().items()}
     save_file(state, str(staging / PROJECTOR_FILE))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    keep = (PROJECTOR_FILE, "metrics.json")
     if lora:
-        from pivotmerge.pipeline.sft_lora import LORA_FILE, lora_state
-
         save_file(lora_state(mllm.llm), str(staging / LORA_FILE))
-        keep += (LORA_FILE,)
-    return store.commit(stage, key, spec, keep=keep)
 
 
 def _metric(trainer, name: str):

@@ -1,5 +1,4 @@
 """Rules across keys: the stages and their step counts, the seeds, the data sources, the eval task names."""
-from fnmatch import fnmatch
 
 from omegaconf import ListConfig
 
@@ -21,14 +20,13 @@ def check_integers(cfg) -> None:
 
 def check_stages_and_steps(cfg) -> None:
     """Known stages, and the planned training stages get at least one step."""
-    from pivotmerge.pipeline.stages import STAGE_NAMES as STAGES
-    from pivotmerge.pipeline.stages import plan
+    from pivotmerge.pipeline.stages import plan, stage_names
 
     stages = list(cfg.stages)
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in stage_names()]
     if unknown or not stages:
         raise fail("stages", cfg.stages, f"names unknown stage(s) {unknown}" if unknown else "is empty",
-                   f"stages are {', '.join(STAGES)}, in that order")
+                   f"stages are {', '.join(stage_names())}, in that order")
     if cfg.report.only:
         return
     planned = [stage.name for stage in plan(stages)]
@@ -79,48 +77,4 @@ def check_sources(cfg) -> list[str]:
     return names
 
 
-def check_eval_tasks(cfg, sources: list[str]) -> None:
-    """eval.suite builds its pool (the pool's constructor checks its options); eval.tasks names its tasks."""
-    if "eval" not in cfg.stages or cfg.report.only:
-        return
-    from eval.suite import make_pool
-
-    try:
-        pool = make_pool(cfg.eval)
-    except ConfigError as exc:
-        raise PreflightError(f"config eval.suite: {exc}") from exc
-    available = pool.task_names(sources)
-    tasks = cfg.eval.tasks
-    if available is None:   # known only to lmms-eval's registry, which the eval stage consults (indexing is slow)
-        if not tasks:
-            raise fail("eval.tasks", tasks, "is empty", f"{type(pool).__name__} runs the lmms-eval tasks named here")
-        return
-    if tasks is None:
-        return
-    for pattern in [tasks] if isinstance(tasks, str) else list(tasks):
-        if not any(fnmatch(t, str(pattern)) for t in available):
-            raise fail("eval.tasks", tasks, f"names {pattern!r}, which the embedded suite does not have",
-                       f"available: {', '.join(available)}")
-
-
-def check_sft(cfg) -> None:
-    """Instruction tuning (stage `sft`): it selects known model kinds and LoRA targets known linear layers."""
-    from pivotmerge.pipeline.sft_lora import LORA_MODULES
-    from pivotmerge.pipeline.stages import plan
-
-    if cfg.report.only or "sft" not in [stage.name for stage in plan(list(cfg.stages))]:
-        return
-    sft = cfg.sft
-    kinds = ("pivot", "joint", "merge", "expert")
-    bad = [k for k in sft.models if k not in kinds]
-    if bad or not len(sft.models):
-        raise fail("sft.models", sft.models, f"names unknown model kind(s) {bad}" if bad else "is empty",
-                   f"kinds: {', '.join(kinds)}")
-    unknown = [m for m in sft.lora.target_modules if m not in LORA_MODULES]
-    if unknown or not len(sft.lora.target_modules):
-        raise fail("sft.lora.target_modules", sft.lora.target_modules,
-                   f"names unknown module(s) {unknown}" if unknown else "is empty",
-                   f"the LLM's linear layers: {', '.join(LORA_MODULES)}")
-
-
-__all__ = ["check_eval_tasks", "check_integers", "check_seeds", "check_sft", "check_sources", "check_stages_and_steps"]
+__all__ = ["check_integers", "check_seeds", "check_sources", "check_stages_and_steps"]

@@ -105,18 +105,6 @@ class ModelSchema:
 
 
 @dataclass
-class EvalSchema:
-    name: str = rule()
-    limit: int | None = rule(ge=1, fix="null (all items) or a positive count")
-    batch_size: int = rule(ge=1)
-    workers: int = rule(ge=1)
-    gen_batch_size: int = rule(ge=1)
-    max_new_tokens: int = rule(ge=1)
-    bootstrap_iters: int = rule(ge=0)
-    experts_on: str = rule(choices=("own_source", "all"))
-
-
-@dataclass
 class CalibrationSchema:
     per_source: int = rule(ge=1)
     train_rows: int = rule(ge=1)
@@ -140,34 +128,6 @@ class MergeSearchSchema:
 
 
 @dataclass
-class SftLoraSchema:
-    r: int = rule(ge=1)
-    alpha: float = rule(gt=0.0)
-    dropout: float = rule(ge=0.0, lt=1.0)
-    lr: float = rule(gt=0.0)
-    target_modules: list[str] = rule()
-
-
-@dataclass
-class SftDataSchema:
-    rows_per_source: int = rule(ge=1)
-    easyvqa_questions: bool = rule()
-    questions: dict | None = rule()
-
-
-@dataclass
-class SftSchema:
-    models: list[str] = rule()
-    steps: int = rule(ge=1, fix="instruction tuning needs a budget, e.g. sft.steps=60; leave sft out of `stages` "
-                              "for none")
-    lr: float = rule(gt=0.0)
-    seed: int = rule()
-    llm: str = rule(choices=("frozen", "lora"))
-    lora: SftLoraSchema = rule()
-    data: SftDataSchema = rule()
-
-
-@dataclass
 class RunSchema:
     seed: int = rule()
     seeds: list[int] | None = rule()
@@ -178,11 +138,6 @@ class RunSchema:
     scenario: ScenarioSchema = rule()
     data: DataSchema = rule()
     model: ModelSchema = rule()
-    eval: EvalSchema = rule()
-    calibration: CalibrationSchema = rule()
-    merge_search: MergeSearchSchema = rule()
-    merge_diagnostics: MergeDiagnosticsSchema = rule()
-    sft: SftSchema = rule()
 
 
 # ---- the generic checker -----------------------------------------------------------------------------
@@ -248,4 +203,5 @@ def check_schema(node, schema, prefix: str) -> None:
             raise fail(key, value, f"must be one of {list(meta['choices'])}")
 
 
-__all__ = ["PreflightError", "RunSchema", "check_schema", "fail", "rule"]
+__all__ = ["CalibrationSchema", "MergeDiagnosticsSchema", "MergeSearchSchema", "PreflightError", "RunSchema",
+           "check_schema", "fail", "rule"]

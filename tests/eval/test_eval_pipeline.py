@@ -104,9 +104,10 @@ def make_context(tmp_path, mllm, model_cfg):
     from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as ImageFeature
 
-    from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore
+    from pivotmerge.artifacts import Artifact, ArtifactStore
     from pivotmerge.pipeline.context import Context, StageLog
     from pivotmerge.pipeline.features import SourceFeatures
+    from pivotmerge.pipeline.stages import registered
 
     store = ArtifactStore(tmp_path / "cache")
     cfg = OmegaConf.create({
@@ -116,7 +117,7 @@ def make_context(tmp_path, mllm, model_cfg):
                             "batch_size": 8, "max_new_tokens": 4, "bootstrap_iters": 10, "workers": 1}),
         "report": {"only": False}, "logger": {"wandb": {"enabled": False}}})
     out = tmp_path / "outputs" / "test" / "run1"
-    ctx = Context(cfg=cfg, store=store, log=StageLog(), output_dir=out)
+    ctx = Context.for_stages(registered(), cfg=cfg, store=store, log=StageLog(), output_dir=out)
     ctx._mllm = mllm
     features = Features({"image": ImageFeature(), "label": Value("string"), "source": Value("string"),
                          "index": Value("int32")})

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from eval.html_report import write_html_report
-from eval.table import build_table
-from eval.writers import short_name, to_markdown, write_report
+from eval.table import build_table, short_name
+from eval.writers import to_markdown, write_report
 from pivotmerge.merging.diagnostics import collect, write_diagnostics
 from tests.helpers.merging import merge
 from tests.helpers.rows import known_rows

@@ -6,6 +6,7 @@
 * :mod:`tests.helpers.merging` - the one merge call path with options as keywords;
 * :mod:`tests.helpers.rows` - known rows of a results store and sweep job folders;
 * :mod:`tests.helpers.shards` - webdataset shards written by hand;
+* :mod:`tests.helpers.import_graph` - the project's import graph, its cycles and upward imports;
 * ``reliability_worker.py``, ``scale_ddp_worker.py`` - pipeline runs that tests launch in their own processes.
 
 Every test imports these as ``from tests.helpers... import ...``.

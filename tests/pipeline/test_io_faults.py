@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from pivotmerge.pipeline import artifacts
+from pivotmerge import artifacts
 from pivotmerge.preflight import paths as preflight_paths
 from pivotmerge.run import main
 from tests.helpers import CONF

@@ -151,7 +151,7 @@ def test_damaged_entry_is_moved_aside_and_rebuilt(two_cold_runs, stage, capfd):
 
 
 def test_unreadable_checkpoint_is_moved_aside_and_training_restarts(tmp_path, tiny_model_cfg, capfd):
-    from pivotmerge.pipeline.artifacts import content_key  # noqa: F401 - the key is read back from the log
+    from pivotmerge.artifacts import content_key  # noqa: F401 - the key is read back from the log
 
     cfg = compose_cfg(tmp_path, tiny_model_cfg, [TRAIN_STAGES])
     clean = run(cfg)
@@ -173,7 +173,7 @@ def test_damaged_converted_model_is_reconverted(tmp_path, monkeypatch, capfd):
     conversions = []
 
     def fake_convert(target: Path) -> None:   # the real conversion takes ~30 s: the slow smoke test runs it
-        from pivotmerge.pipeline.artifacts import write_manifest
+        from pivotmerge.artifacts import write_manifest
 
         target.mkdir(parents=True)
         (target / "model.safetensors").write_bytes(b"weights" * 100)
@@ -190,7 +190,7 @@ def test_damaged_converted_model_is_reconverted(tmp_path, monkeypatch, capfd):
 
 
 def test_cache_keys_carry_library_versions(monkeypatch):
-    from pivotmerge.pipeline import artifacts
+    from pivotmerge import artifacts
 
     before = artifacts.content_key("expert", {"a": 1})
     monkeypatch.setattr(artifacts, "library_version", lambda name: "0.0-other" if name == "torch" else "x")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pivotmerge import preflight
+from pivotmerge.artifacts import MANIFEST
 from pivotmerge.model_id import ModelId
-from pivotmerge.pipeline.artifacts import MANIFEST
 from pivotmerge.pipeline.runner import run
 from pivotmerge.preflight.schema import PreflightError
 from tests.helpers.compose import compose_cfg

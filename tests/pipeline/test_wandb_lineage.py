@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from pivotmerge.pipeline.artifacts import Artifact, ArtifactStore, content_key
+from pivotmerge.artifacts import Artifact, ArtifactStore, content_key
 from pivotmerge.pipeline.runner import run
 from pivotmerge.wandb_logging import (
     configure_wandb_env,

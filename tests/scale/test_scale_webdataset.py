@@ -82,7 +82,7 @@ def test_domain_filter_and_max_examples(shards, tmp_path):
 
 def test_data_stage_with_the_cc12m_domain_config(shards, tmp_path):
     """The shipped source config instantiates and the data stage writes a DatasetDict from it."""
-    from pivotmerge.pipeline.artifacts import ArtifactStore
+    from pivotmerge.artifacts import ArtifactStore
     from pivotmerge.pipeline.data import load_dataset_dict, run_data_stage
 
     index = tmp_path / "domains.json"

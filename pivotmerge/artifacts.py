@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -70,6 +70,23 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+@dataclass(frozen=True)
+class CacheKind:
+    """A kind of cache entry a stage declares (pipeline/stage.py: `Stage.caches`): bump `version` when the code
+    changes what it writes; `libraries`: the distributions whose versions shape it."""
+
+    version: int
+    libraries: tuple[str, ...] = ()
+
+
+def register_kind(kind: str, spec: CacheKind) -> None:
+    """Make `kind` a cache entry kind (the built-in stages' kinds are the tables above)."""
+    known = (STAGE_VERSIONS.get(kind), STAGE_LIBRARIES.get(kind))
+    if known != (None, None) and known != (spec.version, tuple(spec.libraries)):
+        raise CacheError(f"cache entry kind {kind!r} is declared twice, differently: {known} and {spec}")
+    STAGE_VERSIONS[kind], STAGE_LIBRARIES[kind] = spec.version, tuple(spec.libraries)
 
 
 def content_key(stage: str, spec: dict) -> str:
@@ -202,6 +219,19 @@ class ArtifactStore:
             # disk full, permission, read-only file system, a file removed under us: one line (the runner adds
             # the stage). Only `commit` makes an entry complete, so what was being built stays `.partial`.
             raise StageIOError(exc, str(entry)) from exc
+
+    def entry(self, stage: str, spec: dict, build: Callable[[Path], None], *, keep: tuple[str, ...] | None = None,
+              builder: bool = True) -> Artifact:
+        """The entry of `stage` for `spec`: reused when intact, else `build(staging)` fills the staging folder
+        and it is committed. `builder=False`: another process (rank 0 of a multi-process training run) claims
+        and commits it; this one only builds alongside."""
+        key = content_key(stage, spec)
+        with self.claim(stage, key, lock=builder) as staging:
+            if staging is None:
+                return Artifact(stage, key, self.folder(stage, key), reused=True)
+            build(staging)
+            folder = self.commit(stage, key, spec, keep=keep) if builder else self.folder(stage, key)
+            return Artifact(stage, key, folder, reused=False)
 
     def begin(self, stage: str, key: str) -> Path:
         """The staging folder for a new entry (kept across a crash so that training can resume)."""
