@@ -15,8 +15,7 @@ LAYERS = (
     # services the stages use: models, data sources, training, W&B
     ("services", ("pivotmerge.models", "pivotmerge.data", "pivotmerge.interop", "pivotmerge.training",
                   "pivotmerge.wandb_logging")),
-    ("merging", ("pivotmerge.merging", "pivotmerge.method", "pivotmerge.sdf", "pivotmerge.sdf_features",
-                 "pivotmerge.alm", "baselines")),
+    ("merging", ("pivotmerge.merging", "pivotmerge.pivotmerge_method", "baselines")),
     # the stage protocol and the stages up to sft; preflight/merges.py is the merge stage's check (it reads
     # pipeline/merge.py, so the registry wires it to the stage)
     ("pipeline", ("pivotmerge.pipeline", "pivotmerge.preflight.merges")),

@@ -46,8 +46,8 @@ def merge(method: str | Callable, pivot: Mapping[str, Tensor], experts: Sequence
 
 def aligned_experts(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]], mode: str,
                     statistics: Sequence[ExpertStats] | None = None, cache: dict | None = None) -> list:
-    """The experts in the pivot's frame (pivotmerge/pivotmerge_method/align.py), taken from ``cache`` when there."""
-    from pivotmerge.pivotmerge_method.align import align_experts
+    """The experts in the pivot's frame (pivotmerge/merging/align.py), taken from ``cache`` when there."""
+    from pivotmerge.merging.align import align_experts
 
     if mode == "none":   # the very experts given: their own checks (a list of state dicts) come next
         return experts

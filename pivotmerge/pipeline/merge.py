@@ -10,7 +10,7 @@ each source's captions, or the caption NLL). VAL rows serve the option search on
 
 Before a method runs, the experts are mapped into the pivot's frame by `align` (none | weights |
 activations; the run's `align`, or the method's own `align` key, e.g. a merge_variants entry):
-pivotmerge/pivotmerge_method/align.py. With `merge_diagnostics.lmc` the stage also measures the
+pivotmerge/merging/align.py. With `merge_diagnostics.lmc` the stage also measures the
 loss barriers between pivot and experts (pivotmerge/pipeline/lmc.py).
 """
 from __future__ import annotations
@@ -175,7 +175,7 @@ class MergeInputs:
         self._aligned: dict[str, list] = {}
 
     def aligned(self, mode: str) -> list:
-        """The experts in the pivot's frame (pivotmerge/pivotmerge_method/align.py), computed once per mode."""
+        """The experts in the pivot's frame (pivotmerge/merging/align.py), computed once per mode."""
         statistics = self.stats(False)[0] if mode == "activations" else None
         return aligned_experts(self.pivot, self.experts, mode, statistics, self._aligned)
 
@@ -303,7 +303,8 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
                 **({ALIGN_KEY: align} if align != "none" else {})}
 
         def score(staging, fn=fn, kwargs=kwargs, candidate=candidate):
-            (staging / "score.json").write_text(json.dumps({"val_loss": loss_fn(merge(fn, pivot, experts, candidate, **kwargs))}))
+            loss = loss_fn(merge(fn, pivot, experts, candidate, **kwargs))
+            (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
 
         entry = ctx.store.entry("select", spec, score)
         loss = json.loads((ctx.store.verify("select", entry.key) / "score.json").read_text())["val_loss"]

@@ -11,12 +11,12 @@ def check_merges(cfg, n_experts: int) -> None:
     import torch
 
     from pivotmerge.merging import MergeError
+    from pivotmerge.merging.align import ALIGN_MODES
     from pivotmerge.merging.calibration import compute_stats
     from pivotmerge.merging.call import merge
     from pivotmerge.merging.registry import import_target
     from pivotmerge.merging.spec import spec_of
     from pivotmerge.pipeline.merge import ALIGN_KEY, candidate_options, expand_variants, search_grid
-    from pivotmerge.pivotmerge_method.align import ALIGN_MODES
 
     methods = expand_variants(cfg)   # raises ConfigError on a bad variant
     search = cfg.merge_search

@@ -3,11 +3,11 @@ and every method accepts it through the pipeline's one option."""
 import pytest
 import torch
 
+from pivotmerge.merging.align import ALIGN_MODES, align_experts, hidden_pairs, permute_hidden
 from pivotmerge.merging.calibration import projector_forward
 from pivotmerge.merging.errors import MergeConfigError, MergeInputError
 from pivotmerge.merging.registry import available
 from pivotmerge.models.projector import build_projector
-from pivotmerge.pivotmerge_method.align import ALIGN_MODES, align_experts, hidden_pairs, permute_hidden
 from tests.helpers.merging import merge
 
 
