@@ -31,7 +31,10 @@ from pathlib import Path
 
 # W&B artifact type of each cache stage (`select` entries are search scores: not logged).
 ARTIFACT_TYPES = {"data": "dataset", "features": "features", "pivot": "projector", "expert": "projector",
-                  "joint": "projector", "merge": "projector", "eval_suite": "benchmark", "eval": "evaluation"}
+                  "joint": "projector", "merge": "projector", "sft": "projector", "eval_suite": "benchmark",
+                  "eval": "evaluation"}
+# Cache kinds that are a stage's working state, not a result anyone downloads: no W&B artifact.
+NOT_LOGGED = frozenset({"select", "stats", "fisher", "lmc"})
 _KEY = re.compile(r"[0-9a-f]{16}")
 
 
