@@ -39,6 +39,7 @@ from pivotmerge.errors import CacheError, StageIOError
 STAGE_VERSIONS = {"data": 2, "features": 1, "pivot": 1, "expert": 1, "joint": 1, "merge": 1, "select": 1, "eval": 2,
                   "eval_suite": 2, "stats": 1, "fisher": 1, "lmc": 1,
                   "sft": 1}
+BUILTIN_KINDS = frozenset(STAGE_VERSIONS)   # before any stage declares its own (`register_kind`)
 MANIFEST = "manifest.json"
 # Distributions whose version shapes each stage's output (part of its key).
 STAGE_LIBRARIES = {

@@ -33,7 +33,8 @@ from pathlib import Path
 ARTIFACT_TYPES = {"data": "dataset", "features": "features", "pivot": "projector", "expert": "projector",
                   "joint": "projector", "merge": "projector", "sft": "projector", "eval_suite": "benchmark",
                   "eval": "evaluation"}
-# Cache kinds that are a stage's working state, not a result anyone downloads: no W&B artifact.
+# Built-in cache kinds that are a stage's working state, not a result anyone downloads: no W&B artifact. A kind
+# a new stage declares (`Stage.caches`) is logged with its own name as the artifact type.
 NOT_LOGGED = frozenset({"select", "stats", "fisher", "lmc"})
 _KEY = re.compile(r"[0-9a-f]{16}")
 
@@ -155,7 +156,8 @@ def cache_artifact(store, entry):
     import wandb
 
     label = entry_label(store, entry)
-    artifact = wandb.Artifact(artifact_name(entry.stage, entry.key, label), type=ARTIFACT_TYPES[entry.stage],
+    kind = ARTIFACT_TYPES.get(entry.stage, entry.stage)
+    artifact = wandb.Artifact(artifact_name(entry.stage, entry.key, label), type=kind,
                               metadata={"stage": entry.stage, "content_key": entry.key, "label": label,
                                         "spec": _spec(entry)})
     artifact.add_reference(Path(entry.path).resolve().as_uri())

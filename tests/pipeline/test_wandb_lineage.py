@@ -292,8 +292,8 @@ def test_offline_runs_hold_artifacts_and_lineage(tiny_model_cfg, tmp_path, offli
 def test_every_cache_kind_is_a_wandb_artifact_type_or_deliberately_not_logged():
     """A new cache kind (the `sft` stage's tuned projectors were one) must say how W&B logs it: before this
     check, logging an sft entry failed with KeyError: 'sft' at the end of every tuning."""
-    from pivotmerge.artifacts import STAGE_VERSIONS
+    from pivotmerge.artifacts import BUILTIN_KINDS
     from pivotmerge.wandb_logging import ARTIFACT_TYPES, NOT_LOGGED
 
-    assert set(STAGE_VERSIONS) - NOT_LOGGED == set(ARTIFACT_TYPES)
+    assert BUILTIN_KINDS - NOT_LOGGED == set(ARTIFACT_TYPES)
     assert not NOT_LOGGED & set(ARTIFACT_TYPES)
