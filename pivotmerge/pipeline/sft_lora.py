@@ -79,6 +79,7 @@ class LoraRecipe:
 
 def saved_adapter(folder: Path) -> tuple[LoraRecipe, dict[str, torch.Tensor]] | None:
     """The recipe and weights of the LoRA adapters an `sft` entry holds; None for a frozen-LLM tuning."""
+    from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
     from pivotmerge.artifacts import MANIFEST
@@ -86,13 +87,8 @@ def saved_adapter(folder: Path) -> tuple[LoraRecipe, dict[str, torch.Tensor]] | 
     if not (Path(folder) / LORA_FILE).is_file():
         return None
     spec = json.loads((Path(folder) / MANIFEST).read_text())["spec"]
-    return LoraRecipe.from_config(_Node(spec["recipe"]["lora"])), load_file(str(Path(folder) / LORA_FILE))
-
-
-class _Node(dict):
-    """Attribute access on a plain dict, as `from_config` reads a config node."""
-
-    __getattr__ = dict.__getitem__
+    recipe = LoraRecipe.from_config(OmegaConf.create(spec["recipe"]["lora"]))
+    return recipe, load_file(str(Path(folder) / LORA_FILE))
 
 
 def lora_state(llm: torch.nn.Module) -> dict[str, torch.Tensor]:
