@@ -9,9 +9,13 @@ and, for PivotMerge, its rank among the merges by accuracy with the paired tests
 merges are better beyond the 95 % interval (rank 1 = best or tied-best), and its difference to the pivot.
 PivotMerge's own ablations (`merge_variants` whose base is pivotmerge) are not rivals: they are left out of its
 rank and shown apart, as PivotMerge minus each ablation with the paired interval (what each component buys).
+Where the regimes ran the merge stage's VAL check (`merge_search.val_check`, val_check_seed<n>.json), the map
+also shows each merge's VAL loss minus its pivot's per seed - above 0 means worse than the projector it started
+from, measured before any test item is read.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,26 @@ class RegimeMap:
     ablations: list[str] = field(default_factory=list)          # the reference's own variants, by model name
     ablation: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
     # (variant, regime) -> reference minus variant in points, its paired 95 % interval
+    val: dict[str, dict[int, dict]] = field(default_factory=dict)   # regime -> seed -> model -> {kind: VAL loss}
+
+
+VAL_CHECK_GLOB = "val_check_seed*.json"
+
+
+def read_val_checks(regime_dir: Path) -> dict[int, dict]:
+    """seed -> model -> {loss kind: VAL loss} from the merge stage's val_check_seed<n>.json files of one regime."""
+    out = {}
+    for path in sorted(Path(regime_dir).glob(VAL_CHECK_GLOB)):
+        seed = int(path.stem.removeprefix("val_check_seed"))
+        out[seed] = json.loads(path.read_text())["losses"]
+    return out
+
+
+def val_above_pivot(losses: dict[str, dict], model: str, kind: str) -> float | None:
+    """`model`'s VAL loss minus the pivot's (> 0: worse than its pivot), None where either is missing."""
+    if model not in losses or str(PIVOT) not in losses:
+        return None
+    return losses[model][kind] - losses[str(PIVOT)][kind]
 
 
 def ablations_of(merge_variants, reference: str = REFERENCE_MERGE) -> list[str]:
@@ -60,11 +84,12 @@ def _accuracy(table: Table, model: str) -> Cell | None:
 
 
 def build_regime_map(rows_by_regime: dict[str, list[dict]], descriptions: dict | None = None,
-                     reference: str = REFERENCE_MERGE, ablations=()) -> RegimeMap:
+                     reference: str = REFERENCE_MERGE, ablations=(), val: dict | None = None) -> RegimeMap:
     tables = {name: build_table(rows, reference=reference) for name, rows in rows_by_regime.items()}
     shown = [m for t in tables.values() for m in t.models if kind_of(m) != "expert"]
     result = RegimeMap(list(tables), model_order(shown), tables=tables, descriptions=dict(descriptions or {}),
-                       seeds={name: t.seeds for name, t in tables.items()}, ablations=list(ablations))
+                       seeds={name: t.seeds for name, t in tables.items()}, ablations=list(ablations),
+                       val={name: checks for name, checks in (val or {}).items() if name in tables and checks})
     for name, table in tables.items():
         for model in table.models:
             if (cell := _accuracy(table, model)) is not None:
@@ -133,11 +158,35 @@ def to_markdown(regime_map: RegimeMap) -> str:
                   "items; > 0: the removed component helps):", ""]
         lines += md_table(["Ablation"] + regimes, [[_short(v)] + [_fmt_difference(regime_map.ablation.get((v, r)))
                                                                 for r in regimes] for v in regime_map.ablations])
+    lines += _val_markdown(regime_map)
     if regime_map.descriptions:
         lines += ["", "Regimes:"] + [f"- `{r}`: {regime_map.descriptions[r]}" for r in regimes
                                      if r in regime_map.descriptions]
     lines += ["", "Seeds per regime: " + ", ".join(f"{r} {s}" for r, s in regime_map.seeds.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _val_markdown(regime_map: RegimeMap, reference: str = REFERENCE_MERGE) -> list[str]:
+    from eval.writers import md_table
+
+    kinds = list(dict.fromkeys(kind for checks in regime_map.val.values() for losses in checks.values()
+                               for kind in losses.get(str(PIVOT), {})))
+    rows = []
+    for regime in regime_map.regimes:
+        for seed, losses in sorted(regime_map.val.get(regime, {}).items()):
+            merges = [m for m in losses if kind_of(m) == "merge" and m not in regime_map.ablations]
+            cells = []
+            for kind in kinds:
+                delta = val_above_pivot(losses, reference, kind)
+                above = sum((val_above_pivot(losses, m, kind) or 0.0) > 0 for m in merges)
+                cells += ["–" if delta is None else f"{delta:+.4f}", f"{above} of {len(merges)}"]
+            rows.append([regime, str(seed)] + cells)
+    if not rows:
+        return []
+    header = ["regime", "seed"] + [h for kind in kinds for h in (f"{_short(reference)} − pivot, {kind}",
+                                                                       f"merges above the pivot, {kind}")]
+    return ["", "VAL losses against the pivot, before any test item is read (the option search's rows; "
+            "> 0: worse than the projector the merge started from):", ""] + md_table(header, rows)
 
 
 def _fmt_difference(difference: tuple[float, float, float] | None) -> str:

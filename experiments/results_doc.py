@@ -369,19 +369,15 @@ def regime_findings(regime_map) -> list[str]:
 
 
 def regime_section(run_dir: Path, figures: Path, command: str) -> str:
-    from omegaconf import OmegaConf
 
-    from eval.regime_map import build_regime_map, plot_heatmap
+    from eval.regime_map import plot_heatmap
     from eval.regime_map import to_markdown as map_markdown
 
     resolved = run_config(run_dir)
     names = list(resolved.get("regimes") or {}) or sorted(p.name for p in (run_dir / REGIMES_DIR).iterdir())
-    rows = {n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names}
-    notes = OmegaConf.to_container(resolved.get("regime_notes") or OmegaConf.create({}), resolve=True)
-    regime_map = build_regime_map({n: r for n, r in rows.items() if r}, descriptions=notes,
-                                  ablations=pivotmerge_ablations(resolved))
+    regime_map = regime_map_of(run_dir, names)
     figure = plot_heatmap(regime_map, figures / "regime_map.png")
-    missing = [n for n in names if not rows[n]]
+    missing = [n for n in names if n not in regime_map.regimes]
     parts = ["## Where each method works (regime_map)", "", f"Command: `{command}`  ",
              f"Run folder: `{_shown(run_dir)}` ({len(regime_map.regimes)} of {len(names)} regimes with results"
              + (f"; not yet run: {', '.join(missing)}" if missing else "") + ")", "", map_markdown(regime_map)]
@@ -407,17 +403,22 @@ def run_config(run_dir: Path):
     return OmegaConf.load(config) if config.is_file() else OmegaConf.create({})
 
 
-def pivotmerge_ablations(resolved) -> list[str]:
+def regime_map_of(run_dir: Path, names: list[str]):
+    """The regime map of a run folder from its stores, with the notes and ablations of the config it ran."""
     from omegaconf import OmegaConf
 
-    from eval.regime_map import ablations_of
+    from pivotmerge.pipeline.regimes import load_regime_map
 
-    return ablations_of(OmegaConf.to_container(resolved.get("merge_variants") or OmegaConf.create({}), resolve=True))
+    resolved = run_config(run_dir)
+
+    def plain(key):
+        return OmegaConf.to_container(resolved.get(key) or OmegaConf.create({}), resolve=True)
+
+    return load_regime_map(run_dir, names, plain("regime_notes"), plain("merge_variants"))
 
 
 def update_regime_block(readme: Path, run_dir: Path) -> bool:
     """Replace the README's regime block with the newest regime map (its markdown, from the stores)."""
-    from eval.regime_map import build_regime_map
     from eval.regime_map import to_markdown as map_markdown
 
     text = readme.read_text()
@@ -425,8 +426,7 @@ def update_regime_block(readme: Path, run_dir: Path) -> bool:
         return False
     names = sorted(p.name for p in (run_dir / REGIMES_DIR).iterdir()
                    if (p / "results" / "results.jsonl").is_file())
-    regime_map = build_regime_map({n: read_rows([run_dir / REGIMES_DIR / n / "results"]) for n in names},
-                                  ablations=pivotmerge_ablations(run_config(run_dir)))
+    regime_map = regime_map_of(run_dir, names)
     intro = (f"Latest `regime_map` (`{_shown(run_dir)}`; `python run.py experiment=regime_map`, its section in "
              "[docs/results.md](docs/results.md)).")
     block = "\n".join([REGIMES_BEGIN, intro, "", map_markdown(regime_map), REGIMES_END])

@@ -256,8 +256,49 @@ def run(ctx) -> None:
         path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
         path.write_text(json.dumps(selections, indent=2, default=str))
         print(f"[   merge] hyperparameters selected on val splits (budget {search.get('budget')}): {path}")
+        if search.val_check:
+            _val_check(ctx, inputs)
     if cfg.merge_diagnostics.lmc:
         _connectivity(ctx, pivot, dict(zip(expert_names, experts)), inputs)
+
+
+VAL_CHECK_KINDS = ("caption", "kway")
+
+
+def val_losses(ctx, inputs: MergeInputs, artifact) -> dict[str, float]:
+    """The VAL losses of one stored projector on the option search's rows: the caption NLL (what the search
+    compares) and the k-way loss (what pm_cls_* scores), each cached under the projector's key."""
+    out = {}
+    for kind in VAL_CHECK_KINDS:
+        spec = {"scored": artifact.key, "loss": kind, "split": "val", "per_source": int(ctx.cfg.calibration.per_source),
+                "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
+        loss_fn = inputs.loss("val", kind)
+
+        def score(staging, loss_fn=loss_fn):
+            (staging / "score.json").write_text(json.dumps({"val_loss": loss_fn(ctx.projector(artifact))}))
+
+        entry = ctx.store.entry("select", spec, score)
+        out[kind] = round(json.loads((ctx.store.verify("select", entry.key) / "score.json").read_text())["val_loss"], 5)
+    return out
+
+
+def _val_check(ctx, inputs: MergeInputs) -> None:
+    """Every selected merge against its pivot on VAL (val_check_seed<n>.json): a merge whose VAL losses exceed
+    the pivot's made the model worse than the projector it started from, before any test item is read."""
+    from pivotmerge.model_id import PIVOT, ModelId
+
+    losses = {str(PIVOT): val_losses(ctx, inputs, ctx.pivot)}
+    for name, artifact in ctx.merged.items():
+        losses[str(ModelId.merge(name))] = val_losses(ctx, inputs, artifact)
+    reference = losses[str(PIVOT)]
+    worse = {kind: sorted(m for m, row in losses.items() if row[kind] > reference[kind])
+             for kind in VAL_CHECK_KINDS}
+    path = ctx.output_dir / f"val_check_seed{int(ctx.cfg.seed)}.json"
+    path.write_text(json.dumps({"rows_per_source": int(ctx.cfg.calibration.per_source), "losses": losses,
+                                "above_pivot": worse}, indent=2))
+    print(f"[   merge] VAL vs the pivot ({', '.join(f'{k} {v:.4f}' for k, v in reference.items())}): "
+          + "; ".join(f"{len(worse[k])} of {len(losses) - 1} merges above it by {k}" for k in VAL_CHECK_KINDS)
+          + f": {path}", flush=True)
 
 
 def _connectivity(ctx, pivot, experts: dict, inputs: MergeInputs) -> None:

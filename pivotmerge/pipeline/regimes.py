@@ -78,15 +78,23 @@ def map_source(cfg, output_dir: Path) -> Path:
     return runs[-1]
 
 
-def write_map(cfg, run_dir: Path, names: list[str]):
-    from eval.regime_map import ablations_of, build_regime_map, write_regime_map
+def load_regime_map(run_dir: Path, names: list[str], notes: dict | None = None, merge_variants: dict | None = None):
+    """The regime map of a run folder from its stores alone: each regime's results and VAL checks."""
+    from eval.regime_map import ablations_of, build_regime_map, read_val_checks
     from eval.store import RESULTS_DIR, read_rows
 
-    rows = {name: read_rows([run_dir / REGIMES_DIR / name / RESULTS_DIR]) for name in names}
-    notes = cfg.get("regime_notes")
-    regime_map = build_regime_map({name: r for name, r in rows.items() if r},
-                                  descriptions=OmegaConf.to_container(notes, resolve=True) if notes else {},
-                                  ablations=ablations_of(_container(cfg.get("merge_variants"))))
+    folders = {name: Path(run_dir) / REGIMES_DIR / name for name in names}
+    rows = {name: read_rows([folder / RESULTS_DIR]) for name, folder in folders.items()}
+    return build_regime_map({name: r for name, r in rows.items() if r}, descriptions=notes or {},
+                            ablations=ablations_of(merge_variants or {}),
+                            val={name: read_val_checks(folder) for name, folder in folders.items()})
+
+
+def write_map(cfg, run_dir: Path, names: list[str]):
+    from eval.regime_map import write_regime_map
+
+    regime_map = load_regime_map(run_dir, names, _container(cfg.get("regime_notes")),
+                                 _container(cfg.get("merge_variants")))
     out = Path(cfg.paths.output_dir) / "report"
     paths = write_regime_map(regime_map, out)
     print(f"[  regime] map of {len(regime_map.regimes)} regime(s): {paths['md']}", flush=True)

@@ -125,6 +125,7 @@ class MergeSearchSchema:
     enabled: bool = rule()
     budget: int = rule(ge=1)
     scale_values: list[float] | None = rule()
+    val_check: bool = rule()
 
 
 @dataclass

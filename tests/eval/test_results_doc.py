@@ -203,3 +203,24 @@ def test_pivotmerge_ablations_leave_its_rank_and_are_reported_as_paired_differen
     difference, lo, hi = regime_map.ablation[("merge:pm_no_x", "chance")]
     assert difference == -20.0 and hi < 0      # 60 % - 80 %, beyond the paired interval
     assert "| pm_no_x | -20.0 [" in map_markdown(regime_map)
+
+
+def test_val_check_table_counts_merges_above_the_pivot(tmp_path):
+    """The VAL table reads the merge stage's val_check_seed<n>.json: PivotMerge's loss minus the pivot's, and how
+    many rival merges (its own ablations left out) are above the pivot - per seed, per loss kind."""
+    import json
+
+    from eval.regime_map import build_regime_map, read_val_checks
+    from eval.regime_map import to_markdown as map_markdown
+
+    losses = {"pivot": {"caption": 0.5, "kway": 1.0}, "merge:pivotmerge": {"caption": 0.45, "kway": 1.25},
+              "merge:ties": {"caption": 0.75, "kway": 0.5}, "merge:pm_no_x": {"caption": 9.0, "kway": 9.0}}
+    (tmp_path / "val_check_seed1.json").write_text(json.dumps({"rows_per_source": 4, "losses": losses}))
+    checks = read_val_checks(tmp_path)
+    assert list(checks) == [1]
+    regime_map = build_regime_map({"chance": _regime_rows(0.0)}, ablations=["merge:pm_no_x"],
+                                  val={"chance": checks, "not_run": {}})
+    text = map_markdown(regime_map)
+    assert "| chance | 1 | -0.0500 | 1 of 2 | +0.2500 | 1 of 2 |" in text
+    assert build_regime_map({"chance": _regime_rows(0.0)}).val == {}
+    assert "VAL losses" not in map_markdown(build_regime_map({"chance": _regime_rows(0.0)}))

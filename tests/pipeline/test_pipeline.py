@@ -158,6 +158,15 @@ def test_merge_stage_selection_and_reuse(first_run, tiny_model_cfg):
     for entry in selection.values():
         best = min(entry["candidates"], key=lambda row: row["val_loss"])
         assert best["options"] == entry["chosen"]
+    # the VAL check scores the stored merge with the search's loss: the chosen candidate's number again
+    check = json.loads((Path(ctx.output_dir) / "val_check_seed0.json").read_text())
+    assert set(check["losses"]) == {"pivot", "merge:ties", "merge:pivotmerge"}
+    for name, entry in selection.items():
+        best = min(row["val_loss"] for row in entry["candidates"])
+        assert check["losses"][f"merge:{name}"]["caption"] == pytest.approx(best, abs=1e-4)
+    pivot = check["losses"]["pivot"]
+    above = sorted(m for m, row in check["losses"].items() if row["kway"] > pivot["kway"])
+    assert check["above_pivot"]["kway"] == above
     again = run(compose_cfg(tmp, tiny_model_cfg, overrides))
     assert {r["status"] for r in again.log.rows if r["stage"] == "merge"} == {"reused"}
 

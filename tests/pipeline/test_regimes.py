@@ -140,14 +140,18 @@ def test_independent_experts_start_from_their_own_warm_up(independent_run):
 def test_regimes_run_each_pipeline_and_write_the_map(tmp_path, tiny_model_cfg):
     overrides = ["stages=[data,features,pivot,experts,merge,eval,report]", "merge=[average,task_arithmetic]",
                  "eval.tasks=[pm_cls_*]", "eval.limit=4", "eval.workers=1", "merge_diagnostics.lmc=false",
-                 "scenario.joint.enabled=true", "scenario.joint.steps=2",
+                 "scenario.joint.enabled=true", "scenario.joint.steps=2", "merge_search.enabled=true",
+                 "merge_search.budget=1", "calibration.per_source=4",
                  "+regimes={base: {}, seeded: {scenario.pivot.init: seeded}}"]
     cfg = compose_cfg(tmp_path, tiny_model_cfg, overrides)
     run(cfg)
     out = Path(cfg.paths.output_dir)
     for regime in ("base", "seeded"):
         assert (out / "regimes" / regime / "results" / "results.jsonl").is_file()
+        assert (out / "regimes" / regime / "val_check_seed0.json").is_file()
     text = (out / "report" / "regime_map.md").read_text()
+    assert "VAL losses against the pivot" in text   # the VAL check of every regime reaches the map
+    assert sum(line.startswith(("| base | 0 |", "| seeded | 0 |")) for line in text.splitlines()) == 2
     assert "| merge:average |" in text and "% of the joint projector" in text
     header = next(line for line in text.splitlines() if line.startswith("| Model"))
     assert header == "| Model | base | seeded |"
