@@ -12,6 +12,7 @@ benchmark's k-way accuracy measures) beside the pivot's and the baselines'. Noth
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def main(argv=None) -> None:
     from omegaconf import OmegaConf, open_dict
 
     from pivotmerge.config import compose
-    from pivotmerge.pipeline.merge import make_kway_loss
+    from pivotmerge.model_id import name_of
     from pivotmerge.pipeline.regimes import regime_configs
     from pivotmerge.pipeline.runner import run
 
@@ -47,6 +48,7 @@ def main(argv=None) -> None:
         base.merge_variants = OmegaConf.create({n: {"base": "pivotmerge", **o} for n, o in READINGS.items()})
         # variants are searched only through `grids`: the same scale values as every method of the table
         base.merge_search.grids.update({n: {"lam": list(base.merge_search.scale_values)} for n in READINGS})
+        base.merge_search.val_check = True
     configs = regime_configs(base)
     rows, mllm = {}, None
     for name in args.regimes:
@@ -54,11 +56,10 @@ def main(argv=None) -> None:
             cfg = configs[name].copy()
             with open_dict(cfg):
                 cfg.seed, cfg.seeds = seed, None
-            ctx = run(cfg, mllm=mllm)
+            ctx = run(cfg, mllm=mllm)   # its merge stage writes the VAL check (merge_search.val_check)
             mllm = ctx._mllm
-            kway = make_kway_loss(ctx, int(ctx.cfg.calibration.per_source), "val")
-            models = {"pivot": ctx.pivot, **ctx.merged}
-            rows[(name, seed)] = {m: kway(ctx.projector(artifact)) for m, artifact in models.items()}
+            check = json.loads((Path(ctx.output_dir) / f"val_check_seed{seed}.json").read_text())
+            rows[(name, seed)] = {name_of(m) or m: losses["kway"] for m, losses in check["losses"].items()}
     write(rows, Path(args.out))
 
 
