@@ -224,3 +224,23 @@ def test_val_check_table_counts_merges_above_the_pivot(tmp_path):
     assert "| chance | 1 | -0.0500 | 1 of 2 | +0.2500 | 1 of 2 |" in text
     assert build_regime_map({"chance": _regime_rows(0.0)}).val == {}
     assert "VAL losses" not in map_markdown(build_regime_map({"chance": _regime_rows(0.0)}))
+
+
+def test_a_section_says_when_its_pivotmerge_rows_are_not_todays_default(tmp_path):
+    """The default reading changes between runs: a run's section names the reading it ran, and flags it when
+    conf/merge/pivotmerge.yaml has moved on since."""
+    from omegaconf import OmegaConf
+
+    from experiments.results_doc import ROOT, pivotmerge_reading, unknown_reading
+
+    today = OmegaConf.load(ROOT / "conf" / "merge" / "pivotmerge.yaml")
+    assert pivotmerge_reading(OmegaConf.create({})) == []
+    current = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today}}))
+    assert current[0].startswith("PivotMerge in this run: sdf_space=") and "not today's default" not in current[0]
+    older = OmegaConf.merge(today, {"consensus": "energy_mean", "alm": "data"})
+    flagged = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": older}}))[0]
+    assert f"not today's default** (consensus={today.consensus}, alm={today.alm})" in flagged
+    kept = "## paper_table\n\nCommand: `x`  \nResults store: `y`\n\n| merge:pivotmerge | 1 |\n"
+    marked = unknown_reading(kept)   # a section kept from a store not on this machine
+    assert marked.startswith("## paper_table\n\nCommand: `x`  \nResults store: `y`\n\nPivotMerge in this run: not")
+    assert marked.endswith("| merge:pivotmerge | 1 |\n") and unknown_reading(marked) == marked
