@@ -349,9 +349,26 @@ def update_readme(readme: Path, experiment: str, command: str, store: Path) -> b
     partial = f" **Partial: seeds {seeds} only, {missing} not yet run.**" if missing else ""
     block = "\n".join([README_BEGIN, f"Latest `{experiment}` table (`{_shown(store)}`; regenerate it from "
                        f"the store alone with `{command} report.only=true`, run it with `{command}`).{partial}", "",
-                       to_markdown(build_table(rows)), README_END])
+                       *pivotmerge_reading(run_config(store.parent)), to_markdown(build_table(rows)), README_END])
     head, rest = text.split(README_BEGIN, 1)
     readme.write_text(head + block + rest.split(README_END, 1)[1])
+    return True
+
+
+def mark_readme_reading_unknown(readme: Path) -> bool:
+    """The README's results block, when no store on this machine can regenerate it, says once that its
+    PivotMerge reading is not recorded (as a kept section of docs/results.md does)."""
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    block, tail = rest.split(README_END, 1)
+    intro, _, table = block.partition("\n\n")
+    if "PivotMerge in this run:" in block or "merge:pivotmerge" not in block:
+        return False
+    readme.write_text(head + README_BEGIN + intro + "\n\n" + UNKNOWN_READING + "\n\n" + table + README_END + tail)
     return True
 
 
@@ -506,12 +523,15 @@ def main(argv=None):
     regimes = newest_regime_run(outputs, "regime_map")
     if regimes is not None and update_regime_block(Path(args.readme), regimes):
         print("README regime block: regime_map")
+    written = False
     for experiment in ("paper_table", "pivotmerge_vs_ties"):
         store = newest_store(outputs, experiment)
-        if store is not None:
-            if update_readme(Path(args.readme), experiment, commands[experiment].split("   #")[0], store):
+        if store is not None and not written:
+            written = update_readme(Path(args.readme), experiment, commands[experiment].split("   #")[0], store)
+            if written:
                 print(f"README results block: {experiment}")
-            break
+    if not written and mark_readme_reading_unknown(Path(args.readme)):
+        print("README results block: kept, its PivotMerge reading marked as not recorded")
 
 
 if __name__ == "__main__":

@@ -244,3 +244,15 @@ def test_a_section_says_when_its_pivotmerge_rows_are_not_todays_default(tmp_path
     marked = unknown_reading(kept)   # a section kept from a store not on this machine
     assert marked.startswith("## paper_table\n\nCommand: `x`  \nResults store: `y`\n\nPivotMerge in this run: not")
     assert marked.endswith("| merge:pivotmerge | 1 |\n") and unknown_reading(marked) == marked
+
+
+def test_a_readme_block_without_its_store_says_its_reading_is_not_recorded(tmp_path):
+    from experiments.results_doc import README_BEGIN, README_END, UNKNOWN_READING, mark_readme_reading_unknown
+
+    readme = tmp_path / "README.md"
+    block = "Latest `paper_table` table.\n\n| merge:pivotmerge | 1 |\n"
+    readme.write_text(f"intro\n{README_BEGIN}\n{block}{README_END}\nend\n")
+    assert mark_readme_reading_unknown(readme)
+    text = readme.read_text()
+    assert f"Latest `paper_table` table.\n\n{UNKNOWN_READING}\n\n| merge:pivotmerge | 1 |\n{README_END}\nend" in text
+    assert not mark_readme_reading_unknown(readme) and readme.read_text() == text   # once
