@@ -27,6 +27,7 @@ from eval.stage2 import section as stage2_section  # noqa: E402
 from eval.store import read_rows  # noqa: E402
 from eval.table import build_table  # noqa: E402
 from eval.writers import to_markdown  # noqa: E402
+from pivotmerge.merging.registry import conf_dir  # noqa: E402
 from pivotmerge.pipeline.regimes import REGIMES_DIR  # noqa: E402
 
 
@@ -196,7 +197,7 @@ def pivotmerge_reading(resolved) -> list[str]:
     pm = (resolved.get("merge") or {}).get("pivotmerge")
     if pm is None:
         return []
-    default = OmegaConf.load(ROOT / "conf" / "merge" / "pivotmerge.yaml")
+    default = OmegaConf.load(conf_dir() / "pivotmerge.yaml")
     ran = {k: OmegaConf.to_container(pm, resolve=True).get(k) for k in READING_KEYS}
     today = {k: OmegaConf.to_container(default, resolve=True).get(k) for k in READING_KEYS}
     line = f"PivotMerge in this run: {', '.join(f'{k}={v}' for k, v in ran.items())}"

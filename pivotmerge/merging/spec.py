@@ -142,9 +142,9 @@ class MethodSpec:
 
     ``search``: the option a scale search varies (``merge_search.scale_values``); the contract's scale unless
     given. ``statistics`` / ``calibration_loss``: whether the method takes each expert's calibration statistics /
-    a calibration loss at all, and (a :data:`Condition`) under which options it needs them. ``fisher``: its
-    statistics must hold the Fisher. ``check``: rules across options (one option's range depending on
-    another's value), run after every option is checked on its own.
+    a calibration loss at all, and (a :data:`Condition`) under which options it needs them. ``fisher`` (a
+    :data:`Condition`): when its statistics must hold the Fisher. ``check``: rules across options (one option's
+    range depending on another's value), run after every option is checked on its own.
     """
 
     name: str
@@ -152,7 +152,7 @@ class MethodSpec:
     contract: Contract = Contract()
     search: str | None = None
     statistics: Condition = False
-    fisher: bool = False
+    fisher: Condition = False
     calibration_loss: Condition = False
     check: Callable[[str, Options], None] | None = None
 
@@ -182,6 +182,9 @@ class MethodSpec:
     def needs_statistics(self, options: Mapping[str, Any]) -> bool:
         return _holds(self.statistics, self.checked(options))
 
+    def needs_fisher(self, options: Mapping[str, Any]) -> bool:
+        return _holds(self.fisher, self.checked(options))
+
     def needs_calibration_loss(self, options: Mapping[str, Any]) -> bool:
         return _holds(self.calibration_loss, self.checked(options))
 
@@ -193,7 +196,7 @@ def _holds(condition: Condition, options: Options) -> bool:
 def merge_method(name: str, *, options: Mapping[str, Option], scale: str | None = None,
                  one_expert: Mapping[str, Any] | None = None, identical: str | None = None,
                  symmetric: Mapping[str, Any] | None = None, cli: Mapping[str, Any] | None = None,
-                 search: str | None = None, statistics: Condition = False, fisher: bool = False,
+                 search: str | None = None, statistics: Condition = False, fisher: Condition = False,
                  calibration_loss: Condition = False, check: Callable[[str, Options], None] | None = None):
     """Declare a merge method (see the module docstring); the result is what a YAML's ``_target_`` names."""
     if identical not in (None, "mean", "sum"):

@@ -198,12 +198,13 @@ class MergeInputs:
             self._losses[(split, kind)] = make(self.ctx, int(self.ctx.cfg.calibration.per_source), split)
         return self._losses[(split, kind)]
 
-    def for_method(self, fn) -> tuple[dict, dict]:
-        """(keyword arguments of `merge`, their identity for the cache key) for what method `fn` takes."""
+    def for_method(self, fn, options: dict) -> tuple[dict, dict]:
+        """(keyword arguments of `merge`, their identity for the cache key) for what method `fn` takes with
+        `options` (the Fisher only where those options need it, so other readings keep their keys)."""
         spec = spec_of(fn)
         kwargs, identity = {}, {}
         if "calibration" in spec.takes:
-            kwargs["statistics"], identity["calibration"] = self.stats(spec.fisher)
+            kwargs["statistics"], identity["calibration"] = self.stats(spec.needs_fisher(options))
         if "calibration_loss" in spec.takes:
             split, kind = str(self.ctx.cfg.calibration.loss_split), str(self.ctx.cfg.calibration.loss_kind)
             kwargs["calibration_loss"] = self.loss(split, kind)
@@ -246,7 +247,7 @@ def run(ctx) -> None:
         if search.enabled:
             options, table = select_options(ctx, name, method_cfg, options, search, pivot, aligned, inputs, align)
             selections[name] = {"chosen": options, "candidates": table}
-        kwargs, identity = inputs.for_method(fn)
+        kwargs, identity = inputs.for_method(fn, options)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in expert_names},
                 "target": method_cfg._target_, "options": options, **identity,
                 **({ALIGN_KEY: align} if align != "none" else {})}
@@ -337,7 +338,7 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
     loss_fn = inputs.loss()
     table = []
     for candidate in candidates:
-        kwargs, identity = inputs.for_method(fn)
+        kwargs, identity = inputs.for_method(fn, candidate)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
                 "target": method_cfg._target_, "options": candidate, "per_source": int(ctx.cfg.calibration.per_source),
                 "features": {n: a.key for n, a in ctx.feature_artifacts.items()}, **identity,

@@ -99,6 +99,10 @@ def _needs_statistics(o: Options) -> bool:
     return o.sdf and o.sdf_space == "features"
 
 
+def _needs_fisher(o: Options) -> bool:
+    return _needs_statistics(o) and o.consensus == "curvature"
+
+
 def _needs_calibration_loss(o: Options) -> bool:
     return o.alm in ("data", "search")
 
@@ -112,7 +116,8 @@ def _needs_calibration_loss(o: Options) -> bool:
              "alm": choice(ALM_MODES), "alm_proxy": choice(ALM_PROXIES), "alm_probe": choice(ALM_PROBES),
              "temperature": number(0.0, exclusive=True), "weight_range": weight_interval(), "lam": number()},
     scale="lam", one_expert={}, identical="mean", cli={"alm": "proxy"},
-    statistics=_needs_statistics, calibration_loss=_needs_calibration_loss, check=_check_across_options)
+    statistics=_needs_statistics, fisher=_needs_fisher, calibration_loss=_needs_calibration_loss,
+    check=_check_across_options)
 def pivotmerge_merge(
     pivot: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]],
@@ -134,7 +139,7 @@ def pivotmerge_merge(
     stats = None
     if _needs_statistics(o):
         stats = check_stats(calibration, len(experts), f"{NAME} (sdf_space=features)",
-                            inputs=o.layer_inputs == "merged")
+                            inputs=o.layer_inputs == "merged", fisher=_needs_fisher(o))
     layers = group_layers(float_keys(pivot))
     delta, proxy_scores = _deltas(pivot, experts, layers, o, stats, diagnostics)
     weights, scores = _alm_weights(o, pivot, layers, delta, proxy_scores, calibration_loss, diagnostics)

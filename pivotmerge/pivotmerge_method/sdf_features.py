@@ -11,7 +11,16 @@ domains' energies e_ki (a diagonal approximation); ``least_squares`` - the block
 subspace, Vbar = (sum_k V_k H_k)(sum_k H_k)^+ with H_k = U_S^T G_k' U_S (it accounts for how each domain's
 inputs correlate across shared directions); ``joint`` - no separate consensus: one least squares over the
 whole input space (RegMean) fits every domain to its expert, whose change along the shared directions the
-filter drops is set to zero first (without a filter this is RegMean). ``filter`` suppresses conflicts:
+filter drops is set to zero first (without a filter this is RegMean); ``curvature`` - the same least squares with
+each expert's residual also weighted by how much its own caption loss depends on each OUTPUT unit: the merge
+minimises the sum of the experts' local loss quadratics in the K-FAC form A_k (x) diag(s_k) (input factor
+A_k = G_k / tr G_k; output factor s_ko = sum_j Phi_k[o, j], the expert's diagonal Fisher Phi_k of the layer summed
+over the unit's weights, floored at ``OUTPUT_FLOOR`` x its largest value), one solve per output row:
+    w_o = (sum_k s_ko A_k)^-1 sum_k s_ko A_k tau_ko   (a relative ridge of CURVATURE_RIDGE for unused directions).
+Where the domains' inputs coincide (shared images, complementary captions) least squares over the inputs can
+only average the experts; the output factor is what tells which expert owns which output unit. Output factors
+equal across experts and rows give ``joint`` (RegMean) back when the Grams have equal traces; identical inputs
+give a per-row Fisher-weighted mean. ``filter`` suppresses conflicts:
 ``sign`` (energy_mean only) - per output coordinate only the experts agreeing with the elected sign;
 ``cosine`` - a direction stays at the pivot when the agreement ||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is
 below ``filter_threshold``. Except with ``joint``, the domain-specific remainders are merged by least squares
@@ -43,10 +52,14 @@ from pivotmerge.merging.calibration import (
     shrink,
     split_update,
 )
+from pivotmerge.merging.errors import MergeInputError
 from pivotmerge.merging.ops import diag_layer
 
 LAYER_INPUTS = ("merged", "own")
-CONSENSUS = ("energy_mean", "least_squares", "joint")
+CONSENSUS = ("energy_mean", "least_squares", "joint", "curvature")
+# curvature: an output unit no expert's loss touches still gets every expert's input fit (RegMean's), not 0/0
+OUTPUT_FLOOR = 1e-3
+CURVATURE_RIDGE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,9 @@ def feature_space_deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[
         grams = _layer_grams(pivot, stats, layer, activations if index > 0 else None)
         taus = [augmented_task_matrix(pivot, e, layer) for e in experts]
         directions = shared_directions(grams, shared_threshold)
-        delta, suppressed = _merge_layer(taus, grams, directions, consensus, filter_mode, filter_threshold, alpha)
+        outputs = [output_factor(s, pivot, layer, OUTPUT_FLOOR) for s in stats] if consensus == "curvature" else None
+        delta, suppressed = _merge_layer(taus, grams, directions, consensus, filter_mode, filter_threshold, alpha,
+                                         outputs)
         deltas.update(split_update(pivot, layer, delta))
         diag_layer(diagnostics, layer or "linear").update(directions.record(suppressed))
         if activations is not None and index + 1 < len(layers):
@@ -115,18 +130,72 @@ def _layer_grams(pivot: Mapping[str, Tensor], stats: Sequence[ExpertStats], laye
     return [layer_gram(s, pivot, layer) for s in stats]
 
 
+def output_factor(stats: ExpertStats, pivot: Mapping[str, Tensor], layer: str, floor: float) -> Tensor:
+    """s_k [out]: the expert's caption-loss curvature per output unit of ``layer``: its diagonal Fisher summed over
+    the unit's weights (and bias). Under K-FAC, Fisher[o, j] = s_o A[j, j] with A the trace-normalised input
+    Gram, so the row sum is s_o. Floored at ``floor`` x its largest entry so no row is left without a weight."""
+    weight, bias = layer_keys(layer)
+    if not stats.fisher or weight not in stats.fisher:
+        raise MergeInputError(f"pivotmerge (consensus=curvature): the statistics hold no Fisher for {weight!r} "
+                              "(the pipeline computes it; on the command line `pivotmerge stats --fisher`)")
+    s = stats.fisher[weight].double().sum(1)
+    if bias in pivot and bias in stats.fisher:
+        s = s + stats.fisher[bias].double()
+    return s + floor * float(s.max().clamp_min(1e-300))
+
+
+def curvature_solve(taus: Sequence[Tensor], grams: Sequence[Tensor], outputs: Sequence[Tensor],
+                    chunk: int = 32) -> Tensor:
+    """Per output row o: (sum_k s_ko A_k)^-1 (sum_k s_ko A_k tau_ko), A_k = G_k / tr G_k + eps I (the output
+    factors carry each expert's scale; the ridge eps = CURVATURE_RIDGE / D plays the pseudo-inverse's part in
+    ``gram_solve``: a direction no input uses gets no update). Two experts: one simultaneous diagonalisation of
+    (A_1, A_2) serves every row; more: a Cholesky per row, ``chunk`` rows at a time."""
+    d = grams[0].shape[-1]
+    eye = torch.eye(d, dtype=grams[0].dtype, device=grams[0].device)
+    means = torch.stack([g / torch.trace(g).clamp_min(1e-300) + CURVATURE_RIDGE / d * eye for g in grams])
+    s = torch.stack(list(outputs))                                                       # [K, out]
+    s = s / s.sum(0, keepdim=True).clamp_min(1e-300)     # per row only the experts' ratio matters
+    t = torch.stack(list(taus))                                                          # [K, out, D]
+    rhs = torch.einsum("ko,kod,kde->oe", s, t, means)                                    # [out, D]
+    if len(grams) == 2:
+        return _two_factor_solve(rhs, means, s[0])
+    rows = []
+    for start in range(0, t.shape[1], chunk):
+        total = torch.einsum("kc,kde->cde", s[:, start:start + chunk], means)           # [c, D, D]
+        factor = torch.linalg.cholesky(total)
+        rows.append(torch.cholesky_solve(rhs[start:start + chunk].unsqueeze(-1), factor).squeeze(-1))
+    return torch.cat(rows)
+
+
+def _two_factor_solve(rhs: Tensor, means: Tensor, share: Tensor) -> Tensor:
+    """rhs_o (a_o A_1 + (1 - a_o) A_2)^-1 for every row o at the cost of one eigendecomposition: with
+    A_1 + A_2 = L L^T and L^-1 A_1 L^-T = Q diag(mu) Q^T, row o's matrix is
+    L Q diag(a_o mu + (1 - a_o)(1 - mu)) Q^T L^T."""
+    lower = torch.linalg.cholesky(means[0] + means[1])
+    inner = torch.linalg.solve_triangular(lower, torch.linalg.solve_triangular(lower, means[0], upper=False).T,
+                                          upper=False)                                   # L^-1 A_1 L^-T
+    mu, q = torch.linalg.eigh((inner + inner.T) / 2)
+    mu = mu.clamp(0, 1)
+    y = torch.linalg.solve_triangular(lower, rhs.T, upper=False).T @ q                   # rhs L^-T Q
+    y = y / (share[:, None] * mu + (1 - share[:, None]) * (1 - mu)).clamp_min(1e-300)
+    return torch.linalg.solve_triangular(lower.T, (y @ q.T).T, upper=True).T            # ... Q^T L^-1
+
+
 def _merge_layer(taus: list[Tensor], grams: list[Tensor], directions: SharedDirections, consensus: str,
-                 filter_mode: str, filter_threshold: float, alpha: float) -> tuple[Tensor, int]:
+                 filter_mode: str, filter_threshold: float, alpha: float,
+                 outputs: list[Tensor] | None = None) -> tuple[Tensor, int]:
     """The layer's update by ``consensus`` (module docstring) and how many shared directions the filter dropped."""
     shared = directions.shared
     u = directions.evecs[:, shared]                                # [D, r]
     weights = directions.energies[:, shared].clamp_min(0)          # [K, r]
     v = torch.stack([tau @ u for tau in taus])                     # [K, out, r]
     shrunk = [shrink(g, alpha) for g in grams]
-    if consensus == "joint":
+    if consensus in ("joint", "curvature"):
         keep, suppressed = _agreeing_directions(v, weights, filter_mode, filter_threshold)
         dropped = u[:, ~keep]
         targets = [tau - (tau @ dropped) @ dropped.T for tau in taus]
+        if consensus == "curvature":
+            return curvature_solve(targets, shrunk, outputs), suppressed
         return regmean_solve(targets, shrunk), suppressed
     if consensus == "least_squares" and u.shape[1]:
         blocks = [u.T @ g @ u for g in shrunk]                     # H_k: each domain's Gram on the shared block
@@ -168,4 +237,5 @@ def _filter_features(v: Tensor, weights: Tensor, mode: str, threshold: float) ->
     return mean * keep.to(v.dtype), suppressed
 
 
-__all__ = ["CONSENSUS", "LAYER_INPUTS", "SharedDirections", "feature_space_deltas", "shared_directions"]
+__all__ = ["CONSENSUS", "LAYER_INPUTS", "SharedDirections", "curvature_solve", "feature_space_deltas", "output_factor",
+           "shared_directions"]

@@ -42,7 +42,7 @@ def check_merges(cfg, n_experts: int) -> None:
         except MergeError as exc:
             raise PreflightError(f"config merge.{name}: cannot build {method_cfg._target_!r} ({exc})") from exc
         # synthetic statistics and loss: the method's own checks are what is tested
-        extras = {"statistics": [type(s)(s.grams, s.counts, s.inputs, fisher if spec.fisher else None)
+        extras = {"statistics": [type(s)(s.grams, s.counts, s.inputs, fisher if spec.fisher is not False else None)
                                  for s in stats]} if "calibration" in spec.takes else {}
         if "calibration_loss" in spec.takes:
             extras["calibration_loss"] = lambda state: 0.0

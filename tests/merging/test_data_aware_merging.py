@@ -132,7 +132,8 @@ def test_learned_coefficients_reach_the_least_squares_optimum_of_a_linear_layer(
 
 # ---- PivotMerge, feature-space reading ---------------------------------------------------------------------
 def pm(pivot, experts, stats, **opts):
-    base = dict(sdf_space="features", filter="none", alm="off", lam=1.0, layer_inputs="own", alpha=1.0)
+    base = dict(sdf_space="features", consensus="joint", filter="none", alm="off", lam=1.0, layer_inputs="own",
+                alpha=1.0)
     return merge("pivotmerge", pivot, experts, calibration=stats, **{**base, **opts})
 
 
@@ -256,9 +257,89 @@ def test_least_squares_consensus_refuses_the_sign_vote(consensus):
         pm(pivot, experts, stats, consensus=consensus, filter="sign")
 
 
+# ---- consensus: curvature (each expert's K-FAC output factor from its diagonal Fisher) ---------------------
+def with_fisher(stats, fishers):
+    for s, f in zip(stats, fishers):
+        s.fisher = f
+    return stats
+
+
+def test_curvature_on_identical_inputs_is_a_per_row_fisher_weighted_mean():
+    """Both domains see the same inputs (shared images): least squares over the inputs can only average the
+    experts; the output factor s_ko (the Fisher summed over row o) decides each row's mix."""
+    from pivotmerge.pivotmerge_method.sdf_features import OUTPUT_FLOOR
+    g = torch.Generator().manual_seed(5)
+    x = domain([0, 1, 2, 3, 4, 5])
+    pivot = {"weight": torch.randn(HIDDEN, D_IN, generator=g)}
+    experts = [{"weight": pivot["weight"] + torch.randn(HIDDEN, D_IN, generator=g)} for _ in range(2)]
+    fishers = [{"weight": torch.rand(HIDDEN, D_IN, generator=g) * (torch.arange(HIDDEN) % 2 == i).float()[:, None]}
+               for i in range(2)]   # expert 0's loss depends on the even rows only, expert 1's on the odd ones
+    stats = with_fisher([compute_stats(e, x) for e in experts], fishers)
+    merged = pm(pivot, experts, stats, consensus="curvature", shared_threshold=0.5)["weight"]
+    s = torch.stack([f["weight"].double().sum(1) for f in fishers])
+    s = s + OUTPUT_FLOOR * s.amax(1, keepdim=True)
+    taus = torch.stack([e["weight"].double() - pivot["weight"].double() for e in experts])
+    expected = pivot["weight"].double() + (s[:, :, None] * taus).sum(0) / s.sum(0)[:, None]
+    torch.testing.assert_close(merged.double(), expected, atol=1e-5, rtol=1e-5)
+    # each row is (up to the floor) the expert that owns it; the joint least squares gives their mean
+    owner = torch.where((torch.arange(HIDDEN) % 2 == 0)[:, None], experts[0]["weight"], experts[1]["weight"])
+    assert float((merged - owner).abs().max()) < 0.02
+    joint = pm(pivot, experts, stats, consensus="joint", shared_threshold=0.5)["weight"]
+    torch.testing.assert_close(joint, (experts[0]["weight"] + experts[1]["weight"]) / 2, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shared_threshold", [0.0, 0.5, 1.5])
+def test_curvature_with_equal_output_factors_is_the_joint_least_squares(shared_threshold):
+    """The same Fisher for every expert and row, and Grams of equal trace: the output factor changes nothing."""
+    x_a, x_b = two_domains_sharing_one_direction()
+    pivot = {"weight": torch.zeros(2, 3)}
+    experts = [{"weight": torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 0.0]])},
+               {"weight": torch.tensor([[-0.5, 0.0, 3.0], [2.0, 0.0, 1.0]])}]
+    stats = with_fisher([compute_stats(e, x) for e, x in zip(experts, (x_a, x_b))],
+                        [{"weight": torch.ones(2, 3)}] * 2)
+    got = pm(pivot, experts, stats, consensus="curvature", shared_threshold=shared_threshold)["weight"]
+    ref = pm(pivot, experts, stats, consensus="joint", shared_threshold=shared_threshold)["weight"]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_curvature_keeps_one_expert_and_asks_for_the_fisher_it_lacks():
+    pivot = projector(0)
+    experts = [plus(pivot, projector(1, 0.3))]
+    stats = [compute_stats(experts[0], domain([0, 1, 2, 3, 4, 5]), sample_tokens=100)]
+    with pytest.raises(Exception, match="Fisher"):
+        pm(pivot, experts, stats, consensus="curvature")
+    stats = with_fisher(stats, [{k: torch.rand(v.shape) + 0.1 for k, v in experts[0].items()}])
+    merged = pm(pivot, experts, stats, consensus="curvature", layer_inputs="merged")
+    for k in pivot:
+        torch.testing.assert_close(merged[k], experts[0][k], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["regmean", "regmean_plusplus", "fisher", "adamerging", "pivotmerge"])
 def test_data_aware_methods_without_statistics_say_what_to_pass(name):
     pivot = projector(0)
     # PivotMerge's default also measures its layer weights on a calibration loss: it names that first
     with pytest.raises(Exception, match="calibration statistics|--stats|needs a calibration_loss"):
         merge(name, pivot, [plus(pivot, projector(1, 0.1))])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_curvature_solve_is_the_per_row_normal_equations(k):
+    """Both solvers (two experts: one simultaneous diagonalisation; more: a Cholesky per row) against the
+    per-row normal equations solved one row at a time."""
+    from pivotmerge.pivotmerge_method.sdf_features import CURVATURE_RIDGE, curvature_solve
+    g = torch.Generator().manual_seed(k)
+    d, out = 7, 5
+    grams = []
+    for _ in range(k):
+        x = torch.randn(40, d, generator=g, dtype=torch.float64) * torch.rand(d, generator=g, dtype=torch.float64)
+        grams.append(x.T @ x)
+    taus = [torch.randn(out, d, generator=g, dtype=torch.float64) for _ in range(k)]
+    outputs = [torch.rand(out, generator=g, dtype=torch.float64) + 0.01 for _ in range(k)]
+    got = curvature_solve(taus, grams, outputs, chunk=2)
+    s = torch.stack(outputs)
+    s = s / s.sum(0)
+    means = [gr / torch.trace(gr) + CURVATURE_RIDGE / d * torch.eye(d, dtype=torch.float64) for gr in grams]
+    for o in range(out):
+        total = sum(s[i, o] * means[i] for i in range(k))
+        rhs = sum(s[i, o] * taus[i][o] @ means[i] for i in range(k))
+        torch.testing.assert_close(got[o], torch.linalg.solve(total, rhs), atol=1e-8, rtol=1e-8)

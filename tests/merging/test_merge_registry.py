@@ -125,6 +125,11 @@ def test_needs_calibration_reads_the_spec_under_the_options():
     assert not needs_calibration("pivotmerge", {"sdf_space": "task_vectors"})
     assert not needs_calibration("pivotmerge", {"sdf": False})
     assert get_spec("fisher").fisher and not get_spec("regmean").fisher
+    # the Fisher only for the reading that reads it, so the other readings keep their cache keys
+    pm_defaults = method_defaults("pivotmerge")
+    assert not get_spec("pivotmerge").needs_fisher({**pm_defaults, "consensus": "joint"})
+    assert get_spec("pivotmerge").needs_fisher({**pm_defaults, "consensus": "curvature"})
+    assert not get_spec("pivotmerge").needs_fisher({**pm_defaults, "consensus": "curvature", "sdf": False})
     assert get_spec("pivotmerge").needs_calibration_loss(method_defaults("pivotmerge"))
     assert not get_spec("pivotmerge_data_free").needs_calibration_loss(method_defaults("pivotmerge_data_free"))
 
