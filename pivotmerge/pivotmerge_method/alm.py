@@ -100,11 +100,15 @@ def searched_weights(pivot: Mapping[str, Tensor], layers: dict[str, list[str]], 
     coordinate descent layer by layer over the grid. The grid holds 0 (the pivot itself) and every step only
     lowers the loss, so the result is never worse than the pivot on the calibration rows."""
     grid = search_grid(lo, hi)
+    seen: dict[tuple[float, ...], float] = {}   # a later sweep revisits weightings; each costs a loss pass
 
     def loss_of(weights: dict[str, float], what: str) -> float:
-        state = finalize(pivot, {k: apply_update(pivot[k], delta[k].clone(), lam * weights[layer])
-                                 for layer, keys in layers.items() for k in keys})
-        return _call_loss(calibration_loss, state, what, method)
+        point = tuple(weights[layer] for layer in layers)
+        if point not in seen:
+            state = finalize(pivot, {k: apply_update(pivot[k], delta[k].clone(), lam * weights[layer])
+                                     for layer, keys in layers.items() for k in keys})
+            seen[point] = _call_loss(calibration_loss, state, what, method)
+        return seen[point]
 
     common = {value: loss_of({layer: value for layer in layers}, f"the merge at weight {value}") for value in grid}
     start = min(common, key=common.get)

@@ -166,6 +166,29 @@ def test_alm_search_finds_each_layers_best_weight():
     assert torch.equal(merged["2.weight"], pivot["2.weight"])
 
 
+def test_alm_search_measures_each_weighting_once():
+    """The coordinate descent revisits weightings (both layers at the common weight, a second sweep): each is one
+    calibration-loss pass, the rest are remembered."""
+    pivot, experts = make(2)
+    off = merge("pivotmerge_data_free", pivot, experts, alm="off")
+    update = {k: off[k].double() - pivot[k].double() for k in pivot}
+    target = {"0": 0.25, "2": 0.5}
+    states = []
+
+    def loss(sd):
+        states.append(tuple(round(float((sd[k].double() - pivot[k].double()).norm()), 9) for k in sorted(pivot)))
+        return float(sum(((sd[k].double() - pivot[k].double()) - target[k.split(".")[0]] * update[k]).square().sum()
+                         for k in pivot))
+
+    diag = {}
+    merge("pivotmerge_data_free", pivot, experts, alm="search", weight_range=[0.0, 1.0], calibration_loss=loss,
+          diagnostics=diag)
+    assert diag["layer_weights"] == target
+    assert len(states) == len(set(states))
+    grid = len(diag["alm_search"]["grid"])
+    assert len(states) <= grid * grid   # never more than the distinct weightings of two layers
+
+
 @pytest.mark.parametrize("reading", ["pivotmerge_data_free", "task_arithmetic_like"])
 def test_alm_search_never_does_worse_than_the_pivot(reading):
     """Any merge that raises the calibration loss above the pivot's falls back to the pivot itself."""
