@@ -100,7 +100,7 @@ def _needs_statistics(o: Options) -> bool:
 
 
 def _needs_fisher(o: Options) -> bool:
-    return _needs_statistics(o) and o.consensus == "curvature"
+    return _needs_statistics(o) and o.consensus.startswith("curvature")
 
 
 def _needs_calibration_loss(o: Options) -> bool:

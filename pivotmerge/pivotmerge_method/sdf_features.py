@@ -20,7 +20,9 @@ over the unit's weights, floored at ``OUTPUT_FLOOR`` x its largest value), one s
 Where the domains' inputs coincide (shared images, complementary captions) least squares over the inputs can
 only average the experts; the output factor is what tells which expert owns which output unit. Output factors
 equal across experts and rows give ``joint`` (RegMean) back when the Grams have equal traces; identical inputs
-give a per-row Fisher-weighted mean. ``filter`` suppresses conflicts:
+give a per-row Fisher-weighted mean; ``curvature_balanced`` - the same with each expert's output factor scaled
+to mean 1 (every domain counts alike; only where in the layer its loss is sensitive matters). ``filter``
+suppresses conflicts:
 ``sign`` (energy_mean only) - per output coordinate only the experts agreeing with the elected sign;
 ``cosine`` - a direction stays at the pivot when the agreement ||sum_k e_ki v_ki|| / sum_k e_ki ||v_ki|| is
 below ``filter_threshold``. Except with ``joint``, the domain-specific remainders are merged by least squares
@@ -56,7 +58,7 @@ from pivotmerge.merging.errors import MergeInputError
 from pivotmerge.merging.ops import diag_layer
 
 LAYER_INPUTS = ("merged", "own")
-CONSENSUS = ("energy_mean", "least_squares", "joint", "curvature")
+CONSENSUS = ("energy_mean", "least_squares", "joint", "curvature", "curvature_balanced")
 # curvature: an output unit no expert's loss touches still gets every expert's input fit (RegMean's), not 0/0
 OUTPUT_FLOOR = 1e-3
 CURVATURE_RIDGE = 1e-9
@@ -93,7 +95,8 @@ def feature_space_deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[
         grams = _layer_grams(pivot, stats, layer, activations if index > 0 else None)
         taus = [augmented_task_matrix(pivot, e, layer) for e in experts]
         directions = shared_directions(grams, shared_threshold)
-        outputs = [output_factor(s, pivot, layer, OUTPUT_FLOOR) for s in stats] if consensus == "curvature" else None
+        outputs = [output_factor(s, pivot, layer, OUTPUT_FLOOR, balanced=consensus == "curvature_balanced")
+                   for s in stats] if consensus.startswith("curvature") else None
         delta, suppressed = _merge_layer(taus, grams, directions, consensus, filter_mode, filter_threshold, alpha,
                                          outputs)
         deltas.update(split_update(pivot, layer, delta))
@@ -130,10 +133,13 @@ def _layer_grams(pivot: Mapping[str, Tensor], stats: Sequence[ExpertStats], laye
     return [layer_gram(s, pivot, layer) for s in stats]
 
 
-def output_factor(stats: ExpertStats, pivot: Mapping[str, Tensor], layer: str, floor: float) -> Tensor:
+def output_factor(stats: ExpertStats, pivot: Mapping[str, Tensor], layer: str, floor: float,
+                  balanced: bool = False) -> Tensor:
     """s_k [out]: the expert's caption-loss curvature per output unit of ``layer``: its diagonal Fisher summed over
     the unit's weights (and bias). Under K-FAC, Fisher[o, j] = s_o A[j, j] with A the trace-normalised input
-    Gram, so the row sum is s_o. Floored at ``floor`` x its largest entry so no row is left without a weight."""
+    Gram, so the row sum is s_o. Floored at ``floor`` x its largest entry so no row is left without a weight.
+    ``balanced``: scaled to mean 1 - every domain counts alike (as the decomposition's Ghat_k), the factor then
+    only says which of the layer's units the expert's loss depends on, not how steep that loss is overall."""
     weight, bias = layer_keys(layer)
     if not stats.fisher or weight not in stats.fisher:
         raise MergeInputError(f"pivotmerge (consensus=curvature): the statistics hold no Fisher for {weight!r} "
@@ -141,7 +147,8 @@ def output_factor(stats: ExpertStats, pivot: Mapping[str, Tensor], layer: str, f
     s = stats.fisher[weight].double().sum(1)
     if bias in pivot and bias in stats.fisher:
         s = s + stats.fisher[bias].double()
-    return s + floor * float(s.max().clamp_min(1e-300))
+    s = s + floor * float(s.max().clamp_min(1e-300))
+    return s / s.mean() if balanced else s
 
 
 def curvature_solve(taus: Sequence[Tensor], grams: Sequence[Tensor], outputs: Sequence[Tensor],
@@ -190,11 +197,11 @@ def _merge_layer(taus: list[Tensor], grams: list[Tensor], directions: SharedDire
     weights = directions.energies[:, shared].clamp_min(0)          # [K, r]
     v = torch.stack([tau @ u for tau in taus])                     # [K, out, r]
     shrunk = [shrink(g, alpha) for g in grams]
-    if consensus in ("joint", "curvature"):
+    if consensus in ("joint", "curvature", "curvature_balanced"):
         keep, suppressed = _agreeing_directions(v, weights, filter_mode, filter_threshold)
         dropped = u[:, ~keep]
         targets = [tau - (tau @ dropped) @ dropped.T for tau in taus]
-        if consensus == "curvature":
+        if outputs is not None:
             return curvature_solve(targets, shrunk, outputs), suppressed
         return regmean_solve(targets, shrunk), suppressed
     if consensus == "least_squares" and u.shape[1]:

@@ -343,3 +343,22 @@ def test_curvature_solve_is_the_per_row_normal_equations(k):
         total = sum(s[i, o] * means[i] for i in range(k))
         rhs = sum(s[i, o] * taus[i][o] @ means[i] for i in range(k))
         torch.testing.assert_close(got[o], torch.linalg.solve(total, rhs), atol=1e-8, rtol=1e-8)
+
+
+def test_balanced_curvature_ignores_how_steep_each_experts_loss_is_overall():
+    """`curvature_balanced` scales each expert's output factor to mean 1: multiplying one expert's Fisher by a
+    constant changes `curvature` (that expert pulls harder) but not the balanced reading."""
+    pivot, experts, stats = overlapping_case()
+    g = torch.Generator().manual_seed(9)
+    fishers = [{k: torch.rand(v.shape, generator=g) + 0.1 for k, v in e.items()} for e in experts]
+    steeper = [{k: v * (100.0 if i == 0 else 1.0) for k, v in f.items()} for i, f in enumerate(fishers)]
+    results = {}
+    for name, f in (("same", fishers), ("steeper", steeper)):
+        st = with_fisher(stats, f)   # the same statistics, this Fisher
+        results[name] = {c: pm(pivot, experts, st, consensus=c, shared_threshold=0.5, layer_inputs="merged")
+                         for c in ("curvature", "curvature_balanced")}
+    for k in pivot:
+        torch.testing.assert_close(results["same"]["curvature_balanced"][k],
+                                   results["steeper"]["curvature_balanced"][k], atol=1e-5, rtol=1e-5)
+    assert max(float((results["same"]["curvature"][k] - results["steeper"]["curvature"][k]).abs().max())
+               for k in pivot) > 1e-3
