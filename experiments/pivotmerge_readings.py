@@ -25,6 +25,7 @@ READINGS = {   # name -> options over conf/merge/pivotmerge.yaml
     "pm_joint_search": {"consensus": "joint", "filter_threshold": 0.0, "alm": "search"},
     "pm_joint_conflict_search": {"consensus": "joint", "filter_threshold": 0.5, "alm": "search"},
     "pm_curvature_search": {"consensus": "curvature", "filter_threshold": 0.0, "alm": "search"},
+    "pm_select_search": {"consensus": "select", "filter_threshold": 0.0, "alm": "search"},
 }
 BASELINES = ["task_arithmetic", "ties", "dare_ties", "tsv_m", "iso_c", "regmean_plusplus"]
 

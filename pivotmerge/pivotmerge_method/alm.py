@@ -93,45 +93,101 @@ def search_grid(lo: float, hi: float) -> list[float]:
     return sorted({0.0, lo, *(hi / 2 ** j for j in range(5))})
 
 
+class LayerSearch:
+    """``alm='search'`` over one merged update: :meth:`common` tries the best common weight of the grid
+    (`search_grid`), :meth:`descend` then moves layer by layer over the grid. The grid holds 0 (the pivot
+    itself) and every step only lowers the loss, so the result is never worse than the pivot on the
+    calibration rows. ``pivot_loss``: the loss of the pivot when already known (it is the same state whatever
+    the update), saving a pass."""
+
+    def __init__(self, pivot: Mapping[str, Tensor], layers: dict[str, list[str]], delta: dict[str, Tensor],
+                 lam: float, lo: float, hi: float, calibration_loss: Callable, method: str,
+                 pivot_loss: float | None = None):
+        self.pivot, self.layers, self.delta, self.lam = pivot, layers, delta, lam
+        self.grid = search_grid(lo, hi)
+        self.calibration_loss, self.method = calibration_loss, method
+        # a later sweep revisits weightings; each costs a loss pass
+        self.seen: dict[tuple[float, ...], float] = {}
+        if pivot_loss is not None:
+            self.seen[tuple(0.0 for _ in layers)] = pivot_loss
+        self.common_losses: dict[float, float] = {}
+
+    def loss_of(self, weights: dict[str, float], what: str) -> float:
+        point = tuple(weights[layer] for layer in self.layers)
+        if point not in self.seen:
+            state = finalize(self.pivot, {k: apply_update(self.pivot[k], self.delta[k].clone(),
+                                                          self.lam * weights[layer])
+                                          for layer, keys in self.layers.items() for k in keys})
+            self.seen[point] = _call_loss(self.calibration_loss, state, what, self.method)
+        return self.seen[point]
+
+    def common(self) -> float:
+        """The loss at every common weight of the grid; returns the best of them."""
+        self.common_losses = {value: self.loss_of({layer: value for layer in self.layers},
+                                                  f"the merge at weight {value}") for value in self.grid}
+        return min(self.common_losses.values())
+
+    @property
+    def pivot_loss(self) -> float:
+        return self.seen[tuple(0.0 for _ in self.layers)]
+
+    def descend(self) -> tuple[dict[str, float], dict]:
+        """Coordinate descent from the best common weight: the layer weights and the search's record."""
+        if not self.common_losses:
+            self.common()
+        start = min(self.common_losses, key=self.common_losses.get)
+        weights, best = {layer: start for layer in self.layers}, self.common_losses[start]
+        trail = [{"weights": dict(weights), "loss": best}]
+        for _ in range(SEARCH_SWEEPS if len(self.layers) > 1 else 0):
+            improved = False
+            for layer in self.layers:
+                for value in self.grid:
+                    if value == weights[layer]:
+                        continue
+                    trial = {**weights, layer: value}
+                    loss = self.loss_of(trial, f"the merge with layer {layer!r} at weight {value}")
+                    if loss < best - 1e-9:
+                        best, weights, improved = loss, trial, True
+                        trail.append({"weights": dict(weights), "loss": best})
+            if not improved:
+                break
+        record = {"grid": self.grid, "common": {str(k): v for k, v in self.common_losses.items()}, "trail": trail,
+                  "pivot_loss": self.pivot_loss, "merged_loss": best,
+                  "kept_pivot": all(w == 0.0 for w in weights.values())}
+        return weights, record
+
+
 def searched_weights(pivot: Mapping[str, Tensor], layers: dict[str, list[str]], delta: dict[str, Tensor], lam: float,
                      lo: float, hi: float, calibration_loss: Callable, diagnostics: dict | None,
                      method: str) -> dict[str, float]:
-    """Layer weights from the calibration loss: the best common weight of the grid (`search_grid`), then
-    coordinate descent layer by layer over the grid. The grid holds 0 (the pivot itself) and every step only
-    lowers the loss, so the result is never worse than the pivot on the calibration rows."""
-    grid = search_grid(lo, hi)
-    seen: dict[tuple[float, ...], float] = {}   # a later sweep revisits weightings; each costs a loss pass
-
-    def loss_of(weights: dict[str, float], what: str) -> float:
-        point = tuple(weights[layer] for layer in layers)
-        if point not in seen:
-            state = finalize(pivot, {k: apply_update(pivot[k], delta[k].clone(), lam * weights[layer])
-                                     for layer, keys in layers.items() for k in keys})
-            seen[point] = _call_loss(calibration_loss, state, what, method)
-        return seen[point]
-
-    common = {value: loss_of({layer: value for layer in layers}, f"the merge at weight {value}") for value in grid}
-    start = min(common, key=common.get)
-    weights, best = {layer: start for layer in layers}, common[start]
-    trail = [{"weights": dict(weights), "loss": best}]
-    for _ in range(SEARCH_SWEEPS if len(layers) > 1 else 0):
-        improved = False
-        for layer in layers:
-            for value in grid:
-                if value == weights[layer]:
-                    continue
-                trial = {**weights, layer: value}
-                loss = loss_of(trial, f"the merge with layer {layer!r} at weight {value}")
-                if loss < best - 1e-9:
-                    best, weights, improved = loss, trial, True
-                    trail.append({"weights": dict(weights), "loss": best})
-        if not improved:
-            break
+    """Layer weights measured on the calibration loss (:class:`LayerSearch`); never worse than the pivot there."""
+    weights, record = LayerSearch(pivot, layers, delta, lam, lo, hi, calibration_loss, method).descend()
     if diagnostics is not None:
-        diagnostics["alm_search"] = {"grid": grid, "common": {str(k): v for k, v in common.items()}, "trail": trail,
-                                     "pivot_loss": common[0.0], "merged_loss": best,
-                                     "kept_pivot": all(w == 0.0 for w in weights.values())}
+        diagnostics["alm_search"] = record
     return weights
 
 
-__all__ = ["ALM_MODES", "ALM_PROBES", "ALM_PROXIES", "data_scores", "layer_weights", "searched_weights"]
+def selected_search(pivot: Mapping[str, Tensor], layers: dict[str, list[str]], updates: Mapping[str, dict],
+                    lam: float, lo: float, hi: float, calibration_loss: Callable, diagnostics: dict | None,
+                    method: str) -> tuple[str, dict[str, float]]:
+    """Several merged updates (name -> per-key update), one search: each update's common weights are tried
+    (the pivot's loss, the same state for all, measured once), the update with the lowest of those losses is
+    kept (the first one on a tie), and only its layers are then searched one by one. Returns its name and its
+    layer weights."""
+    searches: dict[str, LayerSearch] = {}
+    pivot_loss = None
+    for name, delta in updates.items():
+        search = LayerSearch(pivot, layers, delta, lam, lo, hi, calibration_loss, method, pivot_loss)
+        search.common()
+        pivot_loss = search.pivot_loss
+        searches[name] = search
+    best_common = {name: min(search.common_losses.values()) for name, search in searches.items()}
+    chosen = min(best_common, key=best_common.get)
+    weights, record = searches[chosen].descend()
+    if diagnostics is not None:
+        diagnostics["alm_search"] = {**record, "selected": chosen, "best_common_loss": best_common}
+    return chosen, weights
+
+
+__all__ = ["ALM_MODES", "ALM_PROBES", "ALM_PROXIES", "LayerSearch", "data_scores", "layer_weights", "searched_weights",
+           "selected_search"]

@@ -38,6 +38,10 @@ ALM (``alm``)
     the best common weight of the grid {0, hi/16, hi/8, hi/4, hi/2, hi, lo}, then coordinate descent per
     layer over it; every w_l = 0 (the pivot) when no merge beats the pivot's calibration loss - the merge
     never does worse than its pivot there.
+  * ``consensus='select'`` (feature space, with ``search``): the update of each reading of SELECT_READINGS
+    (``curvature``, ``joint``) gets its common-weight search; the reading with the lowest of those losses is
+    kept and only its layers are searched one by one. The choice is made per merge on the same TRAIN rows the
+    layer weights are measured on (docs/method.md, v5).
 theta_l = pivot_l + lam * w_l * Delta_l.
 
 Reductions (tested): sdf=false, alm=off is exactly ``task_arithmetic`` with the same lam; sdf=true,
@@ -76,12 +80,17 @@ from pivotmerge.pivotmerge_method.alm import (
     data_scores,
     layer_weights,
     searched_weights,
+    selected_search,
 )
 from pivotmerge.pivotmerge_method.sdf import FILTERS, RANK_MODES, layer_spectrum, shared_space_update
 from pivotmerge.pivotmerge_method.sdf_features import CONSENSUS, LAYER_INPUTS, feature_space_deltas
 
 NAME = "pivotmerge"
 SDF_SPACES = ("task_vectors", "features")
+# consensus=select: the readings it chooses between, on the layer search's TRAIN loss (docs/method.md, v5);
+# each wins in one regime of the map (curvature: shared images, a trained pivot; joint: disjoint domains)
+SELECT_READINGS = ("curvature", "joint")
+CONSENSUS_CHOICES = (*CONSENSUS, "select")
 
 
 def _check_across_options(method: str, o: Options) -> None:
@@ -93,6 +102,10 @@ def _check_across_options(method: str, o: Options) -> None:
     if o.sdf_space == "features" and o.consensus != "energy_mean" and o.filter == "sign":
         raise MergeConfigError(f"{method}: filter=sign is a per-expert vote, defined for consensus=energy_mean only; "
                                f"use filter=cosine or none with consensus={o.consensus}")
+    if o.consensus == "select" and _needs_statistics(o) and o.alm != "search":
+        raise MergeConfigError(f"{method}: consensus=select chooses its reading on the layer search's calibration "
+                               f"loss; it needs alm=search (got alm={o.alm}) - or name one reading: "
+                               f"{' | '.join(SELECT_READINGS)}")
 
 
 def _needs_statistics(o: Options) -> bool:
@@ -100,7 +113,9 @@ def _needs_statistics(o: Options) -> bool:
 
 
 def _needs_fisher(o: Options) -> bool:
-    return _needs_statistics(o) and o.consensus.startswith("curvature")
+    return _needs_statistics(o) and (o.consensus.startswith("curvature") or
+                                     (o.consensus == "select" and any(r.startswith("curvature")
+                                                                      for r in SELECT_READINGS)))
 
 
 def _needs_calibration_loss(o: Options) -> bool:
@@ -110,12 +125,12 @@ def _needs_calibration_loss(o: Options) -> bool:
 @merge_method(
     NAME,
     options={"sdf": flag(), "sdf_space": choice(SDF_SPACES), "shared_threshold": number(0.0),
-             "consensus": choice(CONSENSUS), "alpha": fraction(), "layer_inputs": choice(LAYER_INPUTS),
+             "consensus": choice(CONSENSUS_CHOICES), "alpha": fraction(), "layer_inputs": choice(LAYER_INPUTS),
              "rank_mode": choice(RANK_MODES), "rank_ratio": fraction(), "energy": fraction(),
              "filter": choice(FILTERS), "filter_threshold": number(), "remainder_density": fraction(),
              "alm": choice(ALM_MODES), "alm_proxy": choice(ALM_PROXIES), "alm_probe": choice(ALM_PROBES),
              "temperature": number(0.0, exclusive=True), "weight_range": weight_interval(), "lam": number()},
-    scale="lam", one_expert={}, identical="mean", cli={"alm": "proxy"},
+    scale="lam", one_expert={}, identical="mean", cli={"alm": "proxy", "consensus": "curvature"},
     statistics=_needs_statistics, fisher=_needs_fisher, calibration_loss=_needs_calibration_loss,
     check=_check_across_options)
 def pivotmerge_merge(
@@ -141,8 +156,12 @@ def pivotmerge_merge(
         stats = check_stats(calibration, len(experts), f"{NAME} (sdf_space=features)",
                             inputs=o.layer_inputs == "merged", fisher=_needs_fisher(o))
     layers = group_layers(float_keys(pivot))
-    delta, proxy_scores = _deltas(pivot, experts, layers, o, stats, diagnostics)
-    weights, scores = _alm_weights(o, pivot, layers, delta, proxy_scores, calibration_loss, diagnostics)
+    if stats is not None and o.consensus == "select":
+        delta, weights = _selected_reading(pivot, experts, layers, o, stats, calibration_loss, diagnostics)
+        scores = dict(weights)
+    else:
+        delta, proxy_scores = _deltas(pivot, experts, layers, o, stats, diagnostics)
+        weights, scores = _alm_weights(o, pivot, layers, delta, proxy_scores, calibration_loss, diagnostics)
     merged = {}
     for layer, keys in layers.items():
         diag_layer(diagnostics, layer).update(layer_weight=weights[layer], alm_score=scores.get(layer))
@@ -179,6 +198,20 @@ def _deltas(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]]
             delta.update(shared_space_update(views, spectrum, o.filter, o.filter_threshold, o.remainder_density,
                                              rec))
     return delta, proxy_scores
+
+
+def _selected_reading(pivot: Mapping[str, Tensor], experts: Sequence[Mapping[str, Tensor]],
+                      layers: dict[str, list[str]], o: Options, stats: list, calibration_loss: Callable,
+                      diagnostics: dict | None) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """consensus=select: the update of every reading of SELECT_READINGS, one layer search over them (each
+    reading's common weights, then the layers of the one with the lowest loss): its update and layer weights."""
+    updates = {reading: _deltas(pivot, experts, layers, Options({**o, "consensus": reading}), stats,
+                                diagnostics)[0] for reading in SELECT_READINGS}
+    lo, hi = o.weight_range
+    chosen, weights = selected_search(pivot, layers, updates, o.lam, lo, hi, calibration_loss, diagnostics, NAME)
+    if diagnostics is not None:
+        diagnostics["consensus_selected"] = chosen
+    return updates[chosen], weights
 
 
 def _alm_weights(o: Options, pivot: Mapping[str, Tensor], layers: dict[str, list[str]], delta: dict[str, Tensor],

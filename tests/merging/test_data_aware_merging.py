@@ -362,3 +362,39 @@ def test_balanced_curvature_ignores_how_steep_each_experts_loss_is_overall():
                                    results["steeper"]["curvature_balanced"][k], atol=1e-5, rtol=1e-5)
     assert max(float((results["same"]["curvature"][k] - results["steeper"]["curvature"][k]).abs().max())
                for k in pivot) > 1e-3
+
+
+# ---- consensus: select (the reading chosen per merge on the layer search's loss) ---------------------------
+@pytest.mark.parametrize("target", ["curvature", "joint"])
+def test_select_keeps_the_reading_whose_merge_the_loss_prefers_and_is_then_that_reading(target):
+    """A loss that is the distance to one reading's full merge: select must pick that reading, and its result
+    must be what that reading alone gives with the same layer search (bit for bit: same update, same search)."""
+    pivot, experts, stats = overlapping_case()
+    g = torch.Generator().manual_seed(3)
+    stats = with_fisher(stats, [{k: torch.rand(v.shape, generator=g) + 0.1 for k, v in e.items()} for e in experts])
+    opts = dict(shared_threshold=0.5, layer_inputs="merged")
+    goal = pm(pivot, experts, stats, consensus=target, **opts)
+    calls = []
+
+    def loss(state):
+        calls.append(1)
+        return sum(float((state[k].double() - goal[k].double()).pow(2).sum()) for k in goal)
+
+    diag = {}
+    got = pm(pivot, experts, stats, consensus="select", alm="search", calibration_loss=loss, diagnostics=diag,
+             **opts)
+    select_passes = len(calls)
+    assert diag["consensus_selected"] == target == diag["alm_search"]["selected"]
+    alone = pm(pivot, experts, stats, consensus=target, alm="search", calibration_loss=loss, **opts)
+    for k in pivot:
+        assert torch.equal(got[k], alone[k])
+    assert loss(got) < 1e-8   # the full merge of the target reading is on the grid (every weight 1)
+    # one more reading costs its common weights but not the pivot again (the same state for every reading)
+    grid = len(diag["alm_search"]["grid"])
+    assert select_passes == (len(calls) - 1 - select_passes) + grid - 1
+
+
+def test_select_needs_the_layer_search_and_says_so():
+    pivot, experts, stats = overlapping_case()
+    with pytest.raises(Exception, match="consensus=select .*needs alm=search"):
+        pm(pivot, experts, stats, consensus="select", alm="off")

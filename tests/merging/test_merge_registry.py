@@ -129,6 +129,7 @@ def test_needs_calibration_reads_the_spec_under_the_options():
     pm_defaults = method_defaults("pivotmerge")
     assert not get_spec("pivotmerge").needs_fisher({**pm_defaults, "consensus": "joint"})
     assert get_spec("pivotmerge").needs_fisher({**pm_defaults, "consensus": "curvature"})
+    assert get_spec("pivotmerge").needs_fisher({**pm_defaults, "consensus": "select"})   # curvature is a candidate
     assert not get_spec("pivotmerge").needs_fisher({**pm_defaults, "consensus": "curvature", "sdf": False})
     assert get_spec("pivotmerge").needs_calibration_loss(method_defaults("pivotmerge"))
     assert not get_spec("pivotmerge_data_free").needs_calibration_loss(method_defaults("pivotmerge_data_free"))

@@ -48,7 +48,7 @@ def test_ablation_variants_inherit_the_experiments_settings_of_their_base():
     assert base["lam"] == 0.3
     for name, switched in {"pm_no_shared_space": {"shared_threshold": 2.0}, "pm_no_filter": {"filter": "none"},
                            "pm_own_layer_inputs": {"layer_inputs": "own"}, "pm_all_shared": {"shared_threshold": 0.0},
-                           "pm_alm_data": {"alm": "data"}}.items():
+                           "pm_alm_data": {"alm": "data", "consensus": "curvature"}}.items():
         assert OmegaConf.to_container(methods[name]) == {**base, **switched}, name
 
 

@@ -141,7 +141,8 @@ def test_run_py_reports_unknown_config_name_without_traceback():
 def test_merge_stage_selection_and_reuse(first_run, tiny_model_cfg):
     tmp, _, _ = first_run
     overrides = ["stages=[data,features,pivot,experts,merge]", "merge=[ties,pivotmerge]",
-                 "merge.pivotmerge.alm=data", "calibration.per_source=4", "merge_search.enabled=true",
+                 "merge.pivotmerge.alm=data", "merge.pivotmerge.consensus=joint", "calibration.per_source=4",
+                 "merge_search.enabled=true",
                  "merge_search.budget=2", "+merge_search.grids.ties.density=[0.5]",
                  "+merge_search.grids.pivotmerge.rank_ratio=[0.25]"]
     ctx = run(compose_cfg(tmp, tiny_model_cfg, overrides))
