@@ -1,6 +1,8 @@
 """docs/results.md and the README's results block are generated from results stores alone."""
 import json
 
+import pytest
+
 from experiments.results_doc import README_BEGIN, README_END, main
 from tests.helpers.rows import known_rows
 
@@ -256,3 +258,43 @@ def test_a_readme_block_without_its_store_says_its_reading_is_not_recorded(tmp_p
     text = readme.read_text()
     assert f"Latest `paper_table` table.\n\n{UNKNOWN_READING}\n\n| merge:pivotmerge | 1 |\n{README_END}\nend" in text
     assert not mark_readme_reading_unknown(readme) and readme.read_text() == text   # once
+
+
+def test_an_archived_run_regenerates_the_doc_without_its_outputs_folder(tmp_path):
+    """archive_run copies the stores the doc is generated from (no wandb, no models); the doc then comes from the
+    archive alone, as on a clean clone, and the newer of two runs wins whichever root holds it."""
+    import shutil
+
+    from experiments.archive_run import archive
+
+    run = tmp_path / "outputs" / "regime_map" / "2026-01-03_00-00-00"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("regimes: {chance: {}}\n")
+    folder = run / "regimes" / "chance"
+    (folder / "results").mkdir(parents=True)
+    (folder / "results" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _regime_rows(0.0)))
+    losses = {"pivot": {"caption": 0.5, "kway": 1.0}, "merge:pivotmerge": {"caption": 0.4, "kway": 0.5}}
+    (folder / "val_check_seed0.json").write_text(json.dumps({"losses": losses}))
+    (folder / "wandb").mkdir()
+    (folder / "wandb" / "stages.json").write_text("{}")
+    stores = tmp_path / "stores"
+    target = archive(run, stores)
+    kept = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert kept == [".hydra/config.yaml", "regimes/chance/results/results.jsonl",
+                    "regimes/chance/val_check_seed0.json"]
+    shutil.rmtree(tmp_path / "outputs")
+    doc = tmp_path / "docs" / "results.md"
+    readme = tmp_path / "README.md"
+    readme.write_text("no blocks\n")
+    main(["--outputs", str(tmp_path / "outputs"), "--outputs", str(stores), "--multirun", str(tmp_path / "none"),
+          "--doc", str(doc), "--readme", str(readme)])
+    text = doc.read_text()
+    assert "| Model | chance |" in text and "| merge:pivotmerge | 60.0 ±" in text
+    assert "| chance | 0 | -0.1000 |" in text   # the VAL check came along
+    with pytest.raises(SystemExit, match="not a run folder"):
+        archive(folder.parent, stores)
+    empty = tmp_path / "outputs" / "regime_map" / "2026-01-04_00-00-00"
+    (empty / ".hydra").mkdir(parents=True)
+    (empty / ".hydra" / "config.yaml").write_text("{}\n")
+    with pytest.raises(SystemExit, match="no results store yet"):
+        archive(empty, stores)
