@@ -5,7 +5,8 @@ registry, pivotmerge/merging/registry.py), and every merge goes through `pivotme
 A method gets what its spec (pivotmerge/merging/spec.py) says it takes: `calibration` (each expert's statistics
 from its source's TRAIN split, pivotmerge/pipeline/calibration.py); `calibration_loss` (the caption loss of
 fixed rows of `calibration.loss_split`, TRAIN by default; `calibration.loss_kind`: the k-way loss over
-each source's captions, or the caption NLL). VAL rows serve the option search only
+each source's captions, the caption NLL, or `kway_guarded`: the k-way loss where the caption NLL is no worse than
+the pivot's, see `guarded_loss`). VAL rows serve the option search only
 (`merge_search`, the same budget for every method); test data never reaches a merge.
 
 Before a method runs, the experts are mapped into the pivot's frame by `align` (none | weights |
@@ -161,6 +162,26 @@ def make_kway_loss(ctx, per_source: int, split: str):
     return kway_loss
 
 
+def guarded_loss(objective, guard, reference: dict[str, torch.Tensor]):
+    """`objective`, but only where `guard` is no worse than at `reference` (the pivot): elsewhere
+    max(objective, objective(reference)) + the guard's excess, so that every such state loses to the reference.
+
+    A search that has the reference among its candidates (PivotMerge's layer search: weight 0) then never
+    leaves it for a state that is better on the objective and worse on the guard - with objective = the k-way
+    loss and guard = the caption NLL, "never worse than its pivot" holds on both on the calibration rows. The
+    guard is measured on every state: its pass scores one caption per row where the k-way loss scores k."""
+    limits: list[float] = []
+
+    def loss(state: dict[str, torch.Tensor]) -> float:
+        if not limits:
+            limits.extend((float(objective(reference)), float(guard(reference))))
+        reference_objective, reference_guard = limits
+        value, excess = float(objective(state)), float(guard(state)) - reference_guard
+        return value if excess <= 0 else max(value, reference_objective) + excess
+
+    return loss
+
+
 class MergeInputs:
     """What a merge method may ask for besides (pivot, experts), built once per seed and only when needed:
     `calibration` (per-expert statistics of its TRAIN split; the Fisher too for methods that declare it),
@@ -192,10 +213,15 @@ class MergeInputs:
         return with_fisher, {**self._stats_keys, **{f"fisher:{k}": v for k, v in self._fisher_keys.items()}}
 
     def loss(self, split: str = "val", kind: str = "caption"):
-        """The caption NLL (`caption`, what the option search compares) or the k-way loss (`kway`)."""
+        """The caption NLL (`caption`, what the option search compares), the k-way loss (`kway`) or the k-way
+        loss guarded by the caption NLL against the pivot's (`kway_guarded`, `guarded_loss`)."""
         if (split, kind) not in self._losses:
-            make = make_kway_loss if kind == "kway" else make_calibration_loss
-            self._losses[(split, kind)] = make(self.ctx, int(self.ctx.cfg.calibration.per_source), split)
+            if kind == "kway_guarded":
+                loss = guarded_loss(self.loss(split, "kway"), self.loss(split, "caption"), self.pivot)
+            else:
+                make = make_kway_loss if kind == "kway" else make_calibration_loss
+                loss = make(self.ctx, int(self.ctx.cfg.calibration.per_source), split)
+            self._losses[(split, kind)] = loss
         return self._losses[(split, kind)]
 
     def for_method(self, fn, options: dict) -> tuple[dict, dict]:

@@ -111,7 +111,7 @@ class CalibrationSchema:
     sample_tokens: int = rule(ge=1)
     fisher_rows: int = rule(ge=1)
     loss_split: str = rule(choices=("train", "val"))
-    loss_kind: str = rule(choices=("kway", "caption"))
+    loss_kind: str = rule(choices=("kway", "caption", "kway_guarded"))
 
 
 @dataclass

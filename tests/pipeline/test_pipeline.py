@@ -199,3 +199,21 @@ def test_merge_subset_of_experts(first_run, tiny_model_cfg):
     with pytest.raises(ConfigError, match="num_experts_merged=5"):
         run(compose_cfg(tmp, tiny_model_cfg, ["stages=[data,features,pivot,experts,merge]", "merge=[average]",
                                               "num_experts_merged=5"]))
+
+
+def test_a_guarded_calibration_loss_keeps_pivotmerge_no_worse_than_its_pivot_on_both_losses(first_run, tiny_model_cfg):
+    """calibration.loss_kind=kway_guarded through the stage: on the calibration (TRAIN) rows the merged projector
+    is no worse than the pivot on the k-way loss and on the caption NLL alike. (The tiny model's unguarded merge
+    happens to keep both too; tests/pipeline/test_guarded_loss.py shows the guard binding.)"""
+    from pivotmerge.pipeline.merge import make_calibration_loss, make_kway_loss
+
+    tmp, _, _ = first_run
+    ctx = run(compose_cfg(tmp, tiny_model_cfg, [
+        "stages=[data,features,pivot,experts,merge]", "merge=[pivotmerge]", "calibration.per_source=4",
+        "calibration.loss_kind=kway_guarded", "merge_diagnostics.lmc=false"]))
+    pivot, merged = ctx.projector(ctx.pivot), ctx.projector(ctx.merged["pivotmerge"])
+    for make in (make_kway_loss, make_calibration_loss):
+        loss = make(ctx, 4, "train")
+        assert loss(merged) <= loss(pivot) + 1e-6, make.__name__
+    diag = json.loads((ctx.merged["pivotmerge"].path / "diagnostics" / "diagnostics.json").read_text())
+    assert diag["alm_search"]["merged_loss"] <= diag["alm_search"]["pivot_loss"]
