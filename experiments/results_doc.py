@@ -194,22 +194,27 @@ def seeds_run_and_missing(experiment: str, rows: list[dict]) -> tuple[list[int],
 
 
 READING_KEYS = ("sdf_space", "consensus", "filter", "filter_threshold", "alm", "weight_range")
+LOSS_KIND = "loss_kind"   # calibration.loss_kind: the loss PivotMerge's layer search reads
 
 
 def pivotmerge_reading(resolved) -> list[str]:
-    """Which PivotMerge reading a run's rows are, and whether it is still the default (conf/merge/pivotmerge.yaml):
-    the default changes between runs, and a section from an older run must say so."""
+    """Which PivotMerge reading a run's rows are, and whether it is still the default (conf/merge/pivotmerge.yaml,
+    and the layer search's loss, conf/config.yaml's calibration.loss_kind): the default changes between runs, and
+    a section from an older run must say so."""
     from omegaconf import OmegaConf
 
     pm = (resolved.get("merge") or {}).get("pivotmerge")
     if pm is None:
         return []
-    default = OmegaConf.load(conf_dir() / "pivotmerge.yaml")
+    default = OmegaConf.to_container(OmegaConf.load(conf_dir() / "pivotmerge.yaml"), resolve=True)
     ran = {k: OmegaConf.to_container(pm, resolve=True).get(k) for k in READING_KEYS}
-    today = {k: OmegaConf.to_container(default, resolve=True).get(k) for k in READING_KEYS}
+    today = {k: default.get(k) for k in READING_KEYS}
+    # a run from before the option existed searched the k-way loss
+    ran[LOSS_KIND] = OmegaConf.select(resolved, f"calibration.{LOSS_KIND}", default="kway")
+    today[LOSS_KIND] = OmegaConf.load(ROOT / "conf" / "config.yaml").calibration[LOSS_KIND]
     line = f"PivotMerge in this run: {', '.join(f'{k}={v}' for k, v in ran.items())}"
     if ran != today:
-        changed = ", ".join(f"{k}={today[k]}" for k in READING_KEYS if ran[k] != today[k])
+        changed = ", ".join(f"{k}={today[k]}" for k in today if ran[k] != today[k])
         line += f" - **not today's default** ({changed}): its PivotMerge rows predate it; rerun the command"
     return [line + ".", ""]
 

@@ -236,12 +236,19 @@ def test_a_section_says_when_its_pivotmerge_rows_are_not_todays_default(tmp_path
     from experiments.results_doc import ROOT, pivotmerge_reading, unknown_reading
 
     today = OmegaConf.load(ROOT / "conf" / "merge" / "pivotmerge.yaml")
+    loss_kind = OmegaConf.load(ROOT / "conf" / "config.yaml").calibration.loss_kind
     assert pivotmerge_reading(OmegaConf.create({})) == []
-    current = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today}}))
+    current = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today},
+                                                   "calibration": {"loss_kind": loss_kind}}))
     assert current[0].startswith("PivotMerge in this run: sdf_space=") and "not today's default" not in current[0]
+    assert f"loss_kind={loss_kind}" in current[0]
     older = OmegaConf.merge(today, {"consensus": "energy_mean", "alm": "data"})
-    flagged = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": older}}))[0]
+    flagged = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": older},
+                                                   "calibration": {"loss_kind": loss_kind}}))[0]
     assert f"not today's default** (consensus={today.consensus}, alm={today.alm})" in flagged
+    other_loss = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today},
+                                                      "calibration": {"loss_kind": "caption"}}))[0]
+    assert f"not today's default** (loss_kind={loss_kind})" in other_loss
     kept = "## paper_table\n\nCommand: `x`  \nResults store: `y`\n\n| merge:pivotmerge | 1 |\n"
     marked = unknown_reading(kept)   # a section kept from a store not on this machine
     assert marked.startswith("## paper_table\n\nCommand: `x`  \nResults store: `y`\n\nPivotMerge in this run: not")
