@@ -249,6 +249,13 @@ def test_a_section_says_when_its_pivotmerge_rows_are_not_todays_default(tmp_path
     other_loss = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today},
                                                       "calibration": {"loss_kind": "caption"}}))[0]
     assert f"not today's default** (loss_kind={loss_kind})" in other_loss
+    # a kept section (its store elsewhere) written before loss_kind was recorded: parsed back and flagged
+    from experiments.results_doc import reflagged_reading
+    written = current[0].split(", loss_kind=")[0] + "."
+    reflagged = reflagged_reading(f"## t\n\n{written}\n\n| merge:pivotmerge | 1 |\n")
+    assert ("not today's default" in reflagged) == (loss_kind != "kway")
+    assert reflagged_reading(f"## t\n\n{current[0]}\n") == f"## t\n\n{current[0]}\n"   # today's: untouched
+    assert reflagged_reading(flagged) == flagged   # flagged once: the same flag again, not two
     kept = "## paper_table\n\nCommand: `x`  \nResults store: `y`\n\n| merge:pivotmerge | 1 |\n"
     marked = unknown_reading(kept)   # a section kept from a store not on this machine
     assert marked.startswith("## paper_table\n\nCommand: `x`  \nResults store: `y`\n\nPivotMerge in this run: not")
