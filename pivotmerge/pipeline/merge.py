@@ -150,33 +150,65 @@ def make_kway_loss(ctx, per_source: int, split: str):
         problems.append((feats.features[split][:rows], captions, truth))
 
     @torch.no_grad()
-    def kway_loss(state: dict[str, torch.Tensor]) -> float:
-        losses = []
+    def per_row(state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Each source's rows' k-way cross-entropies (the loss is the mean over sources of their means)."""
+        out = []
         with projector_swapped(mllm, state):
             for features, captions, truth in problems:
                 scores = torch.tensor(score_choices(mllm, features, [instruction] * len(truth),
                                                     [captions] * len(truth)))
-                losses.append(float(torch.nn.functional.cross_entropy(scores, truth)))
-        return sum(losses) / len(losses)
+                out.append(torch.nn.functional.cross_entropy(scores, truth, reduction="none").double())
+        return out
 
+    def kway_loss(state: dict[str, torch.Tensor]) -> float:
+        rows = per_row(state)
+        return float(sum(r.mean() for r in rows) / len(rows))
+
+    kway_loss.per_row = per_row   # for guarded_loss's noise margin
     return kway_loss
 
 
-def guarded_loss(objective, guard, reference: dict[str, torch.Tensor]):
+def gain_over_noise(reference_rows: list[torch.Tensor], rows: list[torch.Tensor]) -> tuple[float, float]:
+    """(mean gain, its standard error) of `rows` over `reference_rows`, paired row by row, with the loss's
+    weighting (each source's mean counts alike): gain = mean over sources of mean(reference - rows)."""
+    gain, variance = 0.0, 0.0
+    for ref, new in zip(reference_rows, rows):
+        d = ref - new
+        gain += float(d.mean()) / len(rows)
+        variance += (float(d.var()) / len(d) if len(d) > 1 else 0.0) / len(rows) ** 2
+    return gain, variance ** 0.5
+
+
+def guarded_loss(objective, guard, reference: dict[str, torch.Tensor], noise_se: float = 0.0):
     """`objective`, but only where `guard` is no worse than at `reference` (the pivot): elsewhere
     max(objective, objective(reference)) + the guard's excess, so that every such state loses to the reference.
 
     A search that has the reference among its candidates (PivotMerge's layer search: weight 0) then never
     leaves it for a state that is better on the objective and worse on the guard - with objective = the k-way
     loss and guard = the caption NLL, "never worse than its pivot" holds on both on the calibration rows. The
-    guard is measured on every state: its pass scores one caption per row where the k-way loss scores k."""
-    limits: list[float] = []
+    guard is measured on every state: its pass scores one caption per row where the k-way loss scores k.
+
+    ``noise_se`` > 0 (needs ``objective.per_row``): a state also has to beat the reference by more than
+    ``noise_se`` standard errors of its paired per-row gain, else it counts as the reference plus its shortfall -
+    a gain at the level of the rows' noise is not taken for one."""
+    limits: list = []
+    if noise_se > 0 and not hasattr(objective, "per_row"):
+        raise ConfigError("calibration.guard_se > 0 needs a loss with per-row values (loss_kind: kway_guarded)")
 
     def loss(state: dict[str, torch.Tensor]) -> float:
         if not limits:
-            limits.extend((float(objective(reference)), float(guard(reference))))
-        reference_objective, reference_guard = limits
-        value, excess = float(objective(state)), float(guard(state)) - reference_guard
+            limits.extend((float(objective(reference)), float(guard(reference)),
+                           objective.per_row(reference) if noise_se > 0 else None))
+        reference_objective, reference_guard, reference_rows = limits
+        excess = float(guard(state)) - reference_guard
+        if noise_se > 0:
+            gain, se = gain_over_noise(reference_rows, objective.per_row(state))
+            value = reference_objective - gain
+            shortfall = noise_se * se - gain
+            if shortfall > 0:
+                return reference_objective + shortfall + max(excess, 0.0)
+        else:
+            value = float(objective(state))
         return value if excess <= 0 else max(value, reference_objective) + excess
 
     return loss
@@ -217,7 +249,8 @@ class MergeInputs:
         loss guarded by the caption NLL against the pivot's (`kway_guarded`, `guarded_loss`)."""
         if (split, kind) not in self._losses:
             if kind == "kway_guarded":
-                loss = guarded_loss(self.loss(split, "kway"), self.loss(split, "caption"), self.pivot)
+                loss = guarded_loss(self.loss(split, "kway"), self.loss(split, "caption"), self.pivot,
+                                    float(self.ctx.cfg.calibration.guard_se))
             else:
                 make = make_kway_loss if kind == "kway" else make_calibration_loss
                 loss = make(self.ctx, int(self.ctx.cfg.calibration.per_source), split)
@@ -236,6 +269,8 @@ class MergeInputs:
             kwargs["calibration_loss"] = self.loss(split, kind)
             identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source), "split": split,
                                             **({"kind": kind} if kind != "caption" else {}),
+                                            **({"guard_se": float(self.ctx.cfg.calibration.guard_se)}
+                                               if kind == "kway_guarded" and self.ctx.cfg.calibration.guard_se else {}),
                                             "features": {n: a.key for n, a in self.ctx.feature_artifacts.items()}}
         return kwargs, identity
 

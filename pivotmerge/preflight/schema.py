@@ -112,6 +112,7 @@ class CalibrationSchema:
     fisher_rows: int = rule(ge=1)
     loss_split: str = rule(choices=("train", "val"))
     loss_kind: str = rule(choices=("kway", "caption", "kway_guarded"))
+    guard_se: float = rule(ge=0)
 
 
 @dataclass

@@ -47,3 +47,41 @@ def test_the_layer_search_on_a_guarded_loss_stays_no_worse_than_the_pivot_on_bot
                                   "test").descend()
     assert weights["a"] == 1.0 and 0.0 < weights["b"] <= 0.25
     assert record["merged_loss"] < record["pivot_loss"]
+
+
+def _per_row_objective(rows_of):
+    """A k-way-like loss from per-row values: the mean over sources of each source's mean, with .per_row."""
+    def per_row(state):
+        return [torch.tensor(r, dtype=torch.float64) for r in rows_of[state["name"]]]
+
+    def objective(state):
+        rows = per_row(state)
+        return float(sum(r.mean() for r in rows) / len(rows))
+    objective.per_row = per_row
+    return objective
+
+
+def test_a_gain_within_the_rows_noise_is_not_taken_for_one():
+    """guard_se: `noisy` is better on average by 0.005 but half its rows are worse; `steady` is better on every
+    row. With a margin of 2 standard errors only `steady` beats the reference; with 0, both do."""
+    import pytest
+
+    from pivotmerge.errors import ConfigError
+    from pivotmerge.pipeline.merge import gain_over_noise
+
+    rows_of = {"pivot": [[1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]],
+               "noisy": [[0.7, 1.3, 0.7, 1.26], [0.5, 0.5, 0.5, 0.5]],
+               "steady": [[0.9, 0.9, 0.9, 0.9], [0.45, 0.45, 0.45, 0.45]]}
+    objective = _per_row_objective(rows_of)
+    guard = lambda s: 0.0   # noqa: E731  never binding here
+    states = {name: {"name": name} for name in rows_of}
+    gain, se = gain_over_noise(objective.per_row(states["pivot"]), objective.per_row(states["noisy"]))
+    assert gain == pytest.approx(0.005) and se > gain / 2   # 0.01 on the first source, averaged with 0
+    plain = guarded_loss(objective, guard, states["pivot"])
+    margin = guarded_loss(objective, guard, states["pivot"], noise_se=2.0)
+    assert plain(states["noisy"]) < plain(states["pivot"]) and plain(states["steady"]) < plain(states["pivot"])
+    assert margin(states["pivot"]) == pytest.approx(plain(states["pivot"]))
+    assert margin(states["noisy"]) > margin(states["pivot"])           # not beyond 2 standard errors
+    assert margin(states["steady"]) == pytest.approx(objective(states["steady"]))   # beyond them: its own loss
+    with pytest.raises(ConfigError, match="per-row"):
+        guarded_loss(lambda s: 0.0, guard, states["pivot"], noise_se=1.0)

@@ -201,7 +201,9 @@ def test_merge_subset_of_experts(first_run, tiny_model_cfg):
                                               "num_experts_merged=5"]))
 
 
-def test_a_guarded_calibration_loss_keeps_pivotmerge_no_worse_than_its_pivot_on_both_losses(first_run, tiny_model_cfg):
+@pytest.mark.parametrize("guard_se", [0.0, 2.0])
+def test_a_guarded_calibration_loss_keeps_pivotmerge_no_worse_than_its_pivot_on_both_losses(first_run, tiny_model_cfg,
+                                                                                             guard_se):
     """calibration.loss_kind=kway_guarded through the stage: on the calibration (TRAIN) rows the merged projector
     is no worse than the pivot on the k-way loss and on the caption NLL alike. (The tiny model's unguarded merge
     happens to keep both too; tests/pipeline/test_guarded_loss.py shows the guard binding.)"""
@@ -210,7 +212,7 @@ def test_a_guarded_calibration_loss_keeps_pivotmerge_no_worse_than_its_pivot_on_
     tmp, _, _ = first_run
     ctx = run(compose_cfg(tmp, tiny_model_cfg, [
         "stages=[data,features,pivot,experts,merge]", "merge=[pivotmerge]", "calibration.per_source=4",
-        "calibration.loss_kind=kway_guarded", "merge_diagnostics.lmc=false"]))
+        "calibration.loss_kind=kway_guarded", f"calibration.guard_se={guard_se}", "merge_diagnostics.lmc=false"]))
     pivot, merged = ctx.projector(ctx.pivot), ctx.projector(ctx.merged["pivotmerge"])
     for make in (make_kway_loss, make_calibration_loss):
         loss = make(ctx, 4, "train")
