@@ -32,10 +32,9 @@ from eval.stage2 import section as stage2_section  # noqa: E402
 from eval.store import read_rows  # noqa: E402
 from eval.table import build_table  # noqa: E402
 from eval.writers import to_markdown  # noqa: E402
+from experiments.archive_run import STORES  # noqa: E402
 from pivotmerge.merging.registry import conf_dir  # noqa: E402
 from pivotmerge.pipeline.regimes import REGIMES_DIR  # noqa: E402
-
-STORES = Path("docs") / "stores"   # the archived runs (experiments/archive_run.py), in git
 
 
 def make_run_experiment() -> str | None:
@@ -196,7 +195,8 @@ def seeds_run_and_missing(experiment: str, rows: list[dict]) -> tuple[list[int],
 
 READING_KEYS = ("sdf_space", "consensus", "filter", "filter_threshold", "alm", "weight_range")
 LOSS_KIND = "loss_kind"   # calibration.loss_kind: the loss PivotMerge's layer search reads
-LOSS_KIND_BEFORE = "kway"  # what runs from before the option was recorded searched
+# calibration keys of the reading, with what a run from before the key was recorded used
+CALIBRATION_READING = {LOSS_KIND: "kway", "guard_se": 0.0}
 
 
 def pivotmerge_reading(resolved) -> list[str]:
@@ -209,8 +209,8 @@ def pivotmerge_reading(resolved) -> list[str]:
     if pm is None:
         return []
     ran = {k: OmegaConf.to_container(pm, resolve=True).get(k) for k in READING_KEYS}
-    # a run from before the option existed searched the k-way loss
-    ran[LOSS_KIND] = OmegaConf.select(resolved, f"calibration.{LOSS_KIND}", default=LOSS_KIND_BEFORE)
+    for key, before in CALIBRATION_READING.items():
+        ran[key] = OmegaConf.select(resolved, f"calibration.{key}", default=before)
     return [reading_line(ran) + ".", ""]
 
 
@@ -219,7 +219,8 @@ def todays_reading() -> dict:
 
     default = OmegaConf.to_container(OmegaConf.load(conf_dir() / "pivotmerge.yaml"), resolve=True)
     today = {k: default.get(k) for k in READING_KEYS}
-    today[LOSS_KIND] = OmegaConf.load(ROOT / "conf" / "config.yaml").calibration[LOSS_KIND]
+    calibration = OmegaConf.load(ROOT / "conf" / "config.yaml").calibration
+    today.update({key: calibration[key] for key in CALIBRATION_READING})
     return today
 
 
@@ -243,7 +244,8 @@ def reflagged_reading(text: str) -> str:
             recorded = line[len(marker):].split(" - **not today's default**")[0].rstrip(".")
             items = re.split(r", (?=\w+=)", recorded)   # values may hold ", " ([0.0, 1.0])
             pairs = dict(item.split("=", 1) for item in items if "=" in item)
-            pairs.setdefault(LOSS_KIND, LOSS_KIND_BEFORE)
+            for key, before in CALIBRATION_READING.items():
+                pairs.setdefault(key, before)
             lines[number] = reading_line(pairs) + "."
     return "\n".join(lines)
 
@@ -538,7 +540,7 @@ def main(argv=None):
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args(argv)
-    outputs = [Path(p) for p in (args.outputs or [ROOT / "outputs", ROOT / STORES])]
+    outputs = [Path(p) for p in (args.outputs or [ROOT / "outputs", STORES])]
     doc = Path(args.doc)
     figures = doc.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
