@@ -13,11 +13,17 @@ from eval import stage as eval_stage
 from pivotmerge.pipeline import data, experts, features, merge, pivot, sft
 from pivotmerge.pipeline.stage import Stage
 from pivotmerge.preflight.merges import check_merges
+from pivotmerge.preflight.schema import PreflightError
 
 
 def check_merge_methods(cfg, sources: list[str]) -> None:
     """The merge stage's preflight: each selected method runs once on a tiny synthetic problem. Wired here, not
     in pipeline/merge.py, because preflight/merges.py reads that module (it would be an import cycle)."""
+    calibration = cfg.calibration
+    if float(calibration.guard_se) > 0 and str(calibration.loss_kind) != "kway_guarded":
+        raise PreflightError(f"calibration.guard_se={calibration.guard_se} is the noise margin of the guarded "
+                             f"loss; with calibration.loss_kind={calibration.loss_kind} it would do nothing: set "
+                             "calibration.guard_se=0, or loss_kind=kway_guarded")
     subset = cfg.get("num_experts_merged")
     check_merges(cfg, len(sources) if subset is None else int(subset))
 

@@ -216,6 +216,7 @@ BAD_CONFIGS = [   # (override, what the one-line message must name)
     ("merge.pivotmerge.filter=weird", "option filter='weird'"),
     ("eval.workers=0", "eval.workers=0 must be >= 1"),
     ("calibration.per_source=0", "calibration.per_source=0 must be >= 1"),
+    ("calibration.loss_kind=kway", "calibration.guard_se=2.0 is the noise margin of the guarded loss"),
 ]
 
 
@@ -224,7 +225,7 @@ def _run_py(tmp: Path, override: str) -> subprocess.CompletedProcess:
                            f"hydra.run.dir={tmp}/out"], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow   # 17 run.py processes: minutes on 2 busy cores
+@pytest.mark.slow   # 18 run.py processes: minutes on 2 busy cores
 def test_bad_configs_are_rejected_before_anything_runs(tmp_path):
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda case: _run_py(tmp_path / str(case[0]), case[1][0]), enumerate(BAD_CONFIGS)))
