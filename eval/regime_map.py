@@ -155,7 +155,7 @@ def to_markdown(regime_map: RegimeMap) -> str:
         lines += md_table(["regime", "rank", "better merges", "worse merges", "vs pivot"], rows)
     if regime_map.ablation:
         lines += ["", f"{REFERENCE_MERGE} minus each of its ablations (points, paired 95 % interval on the same "
-                  "items; > 0: the removed component helps):", ""]
+                  "items, of the seeds both ran; > 0: the removed component helps):", ""]
         lines += md_table(["Ablation"] + regimes, [[_short(v)] + [_fmt_difference(regime_map.ablation.get((v, r)))
                                                                 for r in regimes] for v in regime_map.ablations])
     lines += _val_markdown(regime_map)

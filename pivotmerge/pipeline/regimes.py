@@ -52,6 +52,7 @@ def run_regimes(cfg, run_one):
     if cfg.report.only:
         return write_map(cfg, map_source(cfg, output_dir), list(configs))
     seeds = [int(s) for s in (cfg.seeds or [cfg.seed])]
+    ablated = ablation_seeds(cfg, seeds)
     mllm, ctx = None, None
     started = time.perf_counter()
     for seed in seeds:
@@ -60,11 +61,26 @@ def run_regimes(cfg, run_one):
             one = regime_cfg.copy()
             with open_dict(one):
                 one.seed, one.seeds = seed, None
+                if seed not in ablated:
+                    one.merge_variants = {}
             ctx = run_one(one, mllm=mllm)
             mllm = ctx._mllm
             write_map(cfg, output_dir, list(configs))
     print(f"\nregimes: {len(configs)} x {len(seeds)} seed(s) in {time.perf_counter() - started:.0f}s", flush=True)
     return ctx
+
+
+def ablation_seeds(cfg, seeds: list[int]) -> list[int]:
+    """The seeds that also run `merge_variants` (the reference's component ablation): the first
+    `ablation_seeds` of them (null: all). The ablation is read per regime on the items both rows have; every
+    seed is needed only for the ranking, and the variants are half of a regime's merge and evaluation time."""
+    count = cfg.get("ablation_seeds")
+    if count is None:
+        return seeds
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigError(f"ablation_seeds={count!r} must be a whole number >= 0 (how many of the first seeds run "
+                          "merge_variants) or null (all)")
+    return seeds[:count]
 
 
 def map_source(cfg, output_dir: Path) -> Path:

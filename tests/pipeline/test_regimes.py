@@ -158,3 +158,35 @@ def test_regimes_run_each_pipeline_and_write_the_map(tmp_path, tiny_model_cfg):
     assert (out / "report" / "regime_map.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="regimes.bad overrides 'scenario.nope'"):
         run(compose_cfg(tmp_path, tiny_model_cfg, ["+regimes={bad: {scenario.nope: 1}}"]))
+
+
+@pytest.mark.parametrize("count,expected", [(1, {0: True, 1: False}), (None, {0: True, 1: True}),
+                                            (0, {0: False, 1: False})])
+def test_ablation_seeds_run_the_variants_on_the_first_seeds_only(tmp_path, tiny_model_cfg, monkeypatch, count,
+                                                                 expected):
+    from types import SimpleNamespace
+
+    from pivotmerge import preflight
+    from pivotmerge.pipeline import regimes
+
+    cfg = compose_cfg(tmp_path, tiny_model_cfg, ["seeds=[0,1]", "+regimes={a: {}, b: {}}",
+                                                 f"+ablation_seeds={'null' if count is None else count}",
+                                                 "+merge_variants={pm_flat: {base: pivotmerge, alm: 'off'}}"])
+    monkeypatch.setattr(preflight, "check", lambda cfg: None)
+    monkeypatch.setattr(regimes, "write_map", lambda *args: None)
+    ran = []
+
+    def run_one(one, mllm=None):
+        ran.append((one.paths.output_dir.rsplit("/", 1)[-1], one.seed, bool(one.merge_variants)))
+        return SimpleNamespace(_mllm=None)
+
+    regimes.run_regimes(cfg, run_one)
+    assert ran == [(r, s, expected[s]) for s in (0, 1) for r in ("a", "b")]
+
+
+def test_a_bad_ablation_seeds_is_one_line(tmp_path, tiny_model_cfg):
+    from pivotmerge.pipeline import regimes
+
+    cfg = compose_cfg(tmp_path, tiny_model_cfg, ["+ablation_seeds=-1"])
+    with pytest.raises(ConfigError, match=r"ablation_seeds=-1 must be a whole number >= 0"):
+        regimes.ablation_seeds(cfg, [0, 1])
