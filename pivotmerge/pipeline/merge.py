@@ -188,29 +188,36 @@ def guarded_loss(objective, guard, reference: dict[str, torch.Tensor], noise_se:
     loss and guard = the caption NLL, "never worse than its pivot" holds on both on the calibration rows. The
     guard is measured on every state: its pass scores one caption per row where the k-way loss scores k.
 
-    ``noise_se`` > 0 (needs ``objective.per_row``): a state also has to beat the reference by more than
-    ``noise_se`` standard errors of its paired per-row gain, else it counts as the reference plus its shortfall -
-    a gain at the level of the rows' noise is not taken for one."""
+    ``noise_se`` > 0 (needs ``objective.per_row``): the loss also carries ``accepts(state)``, the test a search's
+    final state must pass against the reference - a gain on the objective beyond ``noise_se`` standard errors
+    of its paired per-row gain. It is a test of the end point, not a penalty along the way: a penalty on every
+    state stops a coordinate search at its first small step (v7 as first built kept a near-chance pivot)."""
     limits: list = []
     if noise_se > 0 and not hasattr(objective, "per_row"):
         raise ConfigError("calibration.guard_se > 0 needs a loss with per-row values (loss_kind: kway_guarded)")
 
-    def loss(state: dict[str, torch.Tensor]) -> float:
+    def reference_values() -> list:
         if not limits:
-            limits.extend((float(objective(reference)), float(guard(reference)),
-                           objective.per_row(reference) if noise_se > 0 else None))
-        reference_objective, reference_guard, reference_rows = limits
+            limits.extend((float(objective(reference)), float(guard(reference))))
+        return limits
+
+    def loss(state: dict[str, torch.Tensor]) -> float:
+        reference_objective, reference_guard = reference_values()
         excess = float(guard(state)) - reference_guard
-        if noise_se > 0:
-            gain, se = gain_over_noise(reference_rows, objective.per_row(state))
-            value = reference_objective - gain
-            shortfall = noise_se * se - gain
-            if shortfall > 0:
-                return reference_objective + shortfall + max(excess, 0.0)
-        else:
-            value = float(objective(state))
+        value = float(objective(state))
         return value if excess <= 0 else max(value, reference_objective) + excess
 
+    if noise_se > 0:
+        reference_rows: list = []
+
+        def accepts(state: dict[str, torch.Tensor]) -> bool:
+            if not reference_rows:
+                reference_rows.extend(objective.per_row(reference))
+            gain, se = gain_over_noise(reference_rows, objective.per_row(state))
+            accepts.last = {"gain": gain, "se": se, "noise_se": noise_se}
+            return gain > noise_se * se
+
+        loss.accepts = accepts
     return loss
 
 
@@ -269,7 +276,8 @@ class MergeInputs:
             kwargs["calibration_loss"] = self.loss(split, kind)
             identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source), "split": split,
                                             **({"kind": kind} if kind != "caption" else {}),
-                                            **({"guard_se": float(self.ctx.cfg.calibration.guard_se)}
+                                            **({"guard_se": float(self.ctx.cfg.calibration.guard_se),
+                                                "noise_test": "end_point"}
                                                if kind == "kway_guarded" and self.ctx.cfg.calibration.guard_se else {}),
                                             "features": {n: a.key for n, a in self.ctx.feature_artifacts.items()}}
         return kwargs, identity

@@ -97,8 +97,9 @@ class LayerSearch:
     """``alm='search'`` over one merged update: :meth:`common` tries the best common weight of the grid
     (`search_grid`), :meth:`descend` then moves layer by layer over the grid. The grid holds 0 (the pivot
     itself) and every step only lowers the loss, so the result is never worse than the pivot on the
-    calibration rows. ``pivot_loss``: the loss of the pivot when already known (it is the same state whatever
-    the update), saving a pass."""
+    calibration rows. A loss with an ``accepts(state)`` test (`pipeline/merge.py: guarded_loss`) has the last
+    word on the end point: refused, the search returns the pivot. ``pivot_loss``: the loss of the pivot when
+    already known (it is the same state whatever the update), saving a pass."""
 
     def __init__(self, pivot: Mapping[str, Tensor], layers: dict[str, list[str]], delta: dict[str, Tensor],
                  lam: float, lo: float, hi: float, calibration_loss: Callable, method: str,
@@ -112,13 +113,14 @@ class LayerSearch:
             self.seen[tuple(0.0 for _ in layers)] = pivot_loss
         self.common_losses: dict[float, float] = {}
 
+    def state_of(self, weights: dict[str, float]) -> dict[str, Tensor]:
+        return finalize(self.pivot, {k: apply_update(self.pivot[k], self.delta[k].clone(), self.lam * weights[layer])
+                                     for layer, keys in self.layers.items() for k in keys})
+
     def loss_of(self, weights: dict[str, float], what: str) -> float:
         point = tuple(weights[layer] for layer in self.layers)
         if point not in self.seen:
-            state = finalize(self.pivot, {k: apply_update(self.pivot[k], self.delta[k].clone(),
-                                                          self.lam * weights[layer])
-                                          for layer, keys in self.layers.items() for k in keys})
-            self.seen[point] = _call_loss(self.calibration_loss, state, what, self.method)
+            self.seen[point] = _call_loss(self.calibration_loss, self.state_of(weights), what, self.method)
         return self.seen[point]
 
     def common(self) -> float:
@@ -151,9 +153,15 @@ class LayerSearch:
                         trail.append({"weights": dict(weights), "loss": best})
             if not improved:
                 break
-        record = {"grid": self.grid, "common": {str(k): v for k, v in self.common_losses.items()}, "trail": trail,
-                  "pivot_loss": self.pivot_loss, "merged_loss": best,
-                  "kept_pivot": all(w == 0.0 for w in weights.values())}
+        record = {"grid": self.grid, "common": {str(k): v for k, v in self.common_losses.items()}, "trail": trail}
+        accepts = getattr(self.calibration_loss, "accepts", None)
+        if accepts is not None and any(w != 0.0 for w in weights.values()):
+            # the loss's own test of the end point against the pivot (e.g. a gain beyond the rows' noise)
+            if not accepts(self.state_of(weights)):
+                record["refused"] = {"weights": dict(weights), "loss": best, **getattr(accepts, "last", {})}
+                weights, best = {layer: 0.0 for layer in self.layers}, self.pivot_loss
+        record.update({"pivot_loss": self.pivot_loss, "merged_loss": best,
+                       "kept_pivot": all(w == 0.0 for w in weights.values())})
         return weights, record
 
 

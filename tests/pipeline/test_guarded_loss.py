@@ -63,7 +63,8 @@ def _per_row_objective(rows_of):
 
 def test_a_gain_within_the_rows_noise_is_not_taken_for_one():
     """guard_se: `noisy` is better on average by 0.005 but half its rows are worse; `steady` is better on every
-    row. With a margin of 2 standard errors only `steady` beats the reference; with 0, both do."""
+    row. The loss along the way is the same with and without the margin; its end-point test accepts only
+    `steady` with a margin of 2 standard errors."""
     import pytest
 
     from pivotmerge.errors import ConfigError
@@ -79,9 +80,50 @@ def test_a_gain_within_the_rows_noise_is_not_taken_for_one():
     assert gain == pytest.approx(0.005) and se > gain / 2   # 0.01 on the first source, averaged with 0
     plain = guarded_loss(objective, guard, states["pivot"])
     margin = guarded_loss(objective, guard, states["pivot"], noise_se=2.0)
+    assert not hasattr(plain, "accepts")
+    for state in states.values():
+        assert margin(state) == pytest.approx(plain(state))
     assert plain(states["noisy"]) < plain(states["pivot"]) and plain(states["steady"]) < plain(states["pivot"])
-    assert margin(states["pivot"]) == pytest.approx(plain(states["pivot"]))
-    assert margin(states["noisy"]) > margin(states["pivot"])           # not beyond 2 standard errors
-    assert margin(states["steady"]) == pytest.approx(objective(states["steady"]))   # beyond them: its own loss
+    assert not margin.accepts(states["noisy"])                     # not beyond 2 standard errors
+    assert margin.accepts.last["gain"] == pytest.approx(0.005)
+    assert margin.accepts(states["steady"])                        # beyond them
     with pytest.raises(ConfigError, match="per-row"):
         guarded_loss(lambda s: 0.0, guard, states["pivot"], noise_se=1.0)
+
+
+def _rows_loss(gain_of, noise: float):
+    """Four rows around a pivot's [2, 0, 2, 0]: a state lowers each by gain_of(state), and any state but the pivot
+    moves alternate rows up and down by `noise` (a paired spread that does not shrink with the gain)."""
+    def per_row(state):
+        gain = gain_of(state)
+        moved = noise if any(float(v.abs().sum()) > 0 for v in state.values()) else 0.0
+        return [torch.tensor([2.0 - gain + moved, -gain - moved, 2.0 - gain + moved, -gain - moved],
+                             dtype=torch.float64)]
+
+    def objective(state):
+        return float(per_row(state)[0].mean())
+    objective.per_row = per_row
+    return objective
+
+
+def test_the_end_point_test_has_the_last_word_on_the_layer_search():
+    """The search runs on the guarded loss as without the margin; its end point is then tested against the
+    pivot. A gain of 0.15 over rows spread by 0.05 is accepted; one of 0.015 over rows spread by 0.5 is noise:
+    the pivot comes back, and the record keeps what was refused."""
+    pivot = {"a.weight": torch.zeros(1), "b.weight": torch.zeros(1)}
+    delta = {"a.weight": torch.ones(1), "b.weight": torch.ones(1)}
+    layers = {"a": ["a.weight"], "b": ["b.weight"]}
+    guard = lambda s: 0.0   # noqa: E731  never binding here
+
+    def search(scale: float, noise: float):
+        objective = _rows_loss(lambda s: scale * (float(s["a.weight"]) + 0.5 * float(s["b.weight"])), noise)
+        return LayerSearch(pivot, layers, delta, 1.0, 0.0, 1.0, guarded_loss(objective, guard, pivot, noise_se=2.0),
+                           "test").descend()
+
+    weights, record = search(0.1, 0.05)
+    assert weights == {"a": 1.0, "b": 1.0} and "refused" not in record and not record["kept_pivot"]
+    weights, record = search(0.01, 0.5)
+    assert weights == {"a": 0.0, "b": 0.0} and record["kept_pivot"]
+    assert record["refused"]["weights"] == {"a": 1.0, "b": 1.0}
+    assert abs(record["refused"]["gain"] - 0.015) < 1e-9 and record["refused"]["se"] > 0.1
+    assert record["merged_loss"] == record["pivot_loss"]
