@@ -236,18 +236,17 @@ def test_a_section_says_when_its_pivotmerge_rows_are_not_todays_default(tmp_path
     from experiments.results_doc import ROOT, pivotmerge_reading, unknown_reading
 
     today = OmegaConf.load(ROOT / "conf" / "merge" / "pivotmerge.yaml")
-    loss_kind = OmegaConf.load(ROOT / "conf" / "config.yaml").calibration.loss_kind
+    calibration = OmegaConf.load(ROOT / "conf" / "config.yaml").calibration
+    loss_kind = calibration.loss_kind
     assert pivotmerge_reading(OmegaConf.create({})) == []
-    current = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today},
-                                                   "calibration": {"loss_kind": loss_kind}}))
+    current = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today}, "calibration": calibration}))
     assert current[0].startswith("PivotMerge in this run: sdf_space=") and "not today's default" not in current[0]
     assert f"loss_kind={loss_kind}" in current[0]
     older = OmegaConf.merge(today, {"consensus": "energy_mean", "alm": "data"})
-    flagged = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": older},
-                                                   "calibration": {"loss_kind": loss_kind}}))[0]
+    flagged = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": older}, "calibration": calibration}))[0]
     assert f"not today's default** (consensus={today.consensus}, alm={today.alm})" in flagged
-    other_loss = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today},
-                                                      "calibration": {"loss_kind": "caption"}}))[0]
+    other_loss = pivotmerge_reading(OmegaConf.create({"merge": {"pivotmerge": today}, "calibration": OmegaConf.merge(
+        calibration, {"loss_kind": "caption"})}))[0]
     assert f"not today's default** (loss_kind={loss_kind})" in other_loss
     # a kept section (its store elsewhere) written before loss_kind was recorded: parsed back and flagged
     from experiments.results_doc import reflagged_reading
