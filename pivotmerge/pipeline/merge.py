@@ -276,6 +276,8 @@ class MergeInputs:
             kwargs["calibration_loss"] = self.loss(split, kind)
             identity["calibration_loss"] = {"per_source": int(self.ctx.cfg.calibration.per_source), "split": split,
                                             **({"kind": kind} if kind != "caption" else {}),
+                                            # noise_test: the margin's first build (a per-state penalty)
+                                            # cached merges under the same guard_se; they must not be reused
                                             **({"guard_se": float(self.ctx.cfg.calibration.guard_se),
                                                 "noise_test": "end_point"}
                                                if kind == "kway_guarded" and self.ctx.cfg.calibration.guard_se else {}),

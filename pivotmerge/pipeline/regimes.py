@@ -73,7 +73,7 @@ def run_regimes(cfg, run_one):
 def ablation_seeds(cfg, seeds: list[int]) -> list[int]:
     """The seeds that also run `merge_variants` (the reference's component ablation): the first
     `ablation_seeds` of them (null: all). The ablation is read per regime on the items both rows have; every
-    seed is needed only for the ranking, and the variants are half of a regime's merge and evaluation time."""
+    seed is needed only for the ranking, and the variants are 20-45 % of a regime's cold time (README)."""
     count = cfg.get("ablation_seeds")
     if count is None:
         return seeds

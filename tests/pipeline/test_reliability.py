@@ -216,7 +216,7 @@ BAD_CONFIGS = [   # (override, what the one-line message must name)
     ("merge.pivotmerge.filter=weird", "option filter='weird'"),
     ("eval.workers=0", "eval.workers=0 must be >= 1"),
     ("calibration.per_source=0", "calibration.per_source=0 must be >= 1"),
-    ("calibration.loss_kind=kway", "calibration.guard_se=2.0 is the noise margin of the guarded loss"),
+    ("calibration.loss_kind=caption", "is the noise margin of the guarded loss; with calibration.loss_kind=caption it"),
 ]
 
 
