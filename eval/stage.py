@@ -20,7 +20,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from eval.evaluate import ITEMS_FILE, RESULTS_FILE, Outcome, evaluate_here
-from eval.plan import EvalPlan, plan
+from eval.plan import EvalPlan, Job, plan
 from eval.store import RESULTS_DIR, append_rows, json_default, results_rows
 from eval.suite import make_pool
 from eval.workers import evaluate_in_workers
@@ -41,7 +41,7 @@ def evaluate(ctx, planned: EvalPlan) -> dict[str, Outcome]:
     """Evaluate and cache every job without a cache entry; its outcome by job key (reused jobs have none)."""
     pending = [job for job in planned.jobs if not ctx.store.exists("eval", job.key)]
     if planned.workers > 1 and len(pending) > 1:
-        finished = evaluate_in_workers(ctx, planned, pending, min(planned.workers, len(pending)))
+        finished = evaluate_in_workers(ctx, planned, longest_first(pending), min(planned.workers, len(pending)))
     else:
         finished = evaluate_here(ctx, planned, pending)
     outcomes = {}
@@ -50,6 +50,13 @@ def evaluate(ctx, planned: EvalPlan) -> dict[str, Outcome]:
             ctx.store.entry("eval", job.spec, functools.partial(write_results, results))
         outcomes[job.key] = outcome
     return outcomes
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """The jobs by their number of tasks, most first (stable): workers take jobs in this order, and a long job
+    dealt last would run alone while the other workers idle (an expert evaluated on its own source only is a
+    fraction of a merge's evaluation)."""
+    return sorted(jobs, key=lambda job: -len(job.tasks))
 
 
 def write_results(results: tuple[dict, dict], staging: Path) -> None:

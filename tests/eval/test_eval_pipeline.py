@@ -277,6 +277,20 @@ def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, tiny_ml
         stage.run(ctx)
 
 
+def test_workers_are_dealt_the_longest_evaluations_first():
+    """A merge's evaluation (every task) before an expert's (its own source's): stable among equals."""
+    from eval.plan import Job
+    from eval.stage import longest_first
+
+    def job(model, tasks):
+        return Job(model, tasks, None, model, {})
+
+    jobs = [job("pivot", ["a", "b", "c"]), job("expert:x", ["a"]), job("merge:ties", ["a", "b", "c"]),
+            job("expert:y", ["b"]), job("merge:pivotmerge", ["a", "b", "c"])]
+    assert [j.model for j in longest_first(jobs)] == ["pivot", "merge:ties", "merge:pivotmerge", "expert:x",
+                                                      "expert:y"]
+
+
 def test_suite_command_prints_the_suite_folder(tmp_path, capsys, monkeypatch):
     """`pivotmerge suite --print-path <run.py overrides>`: the folder for `lmms-eval --include_path`."""
     from pivotmerge.cli import main
