@@ -7,6 +7,24 @@ from eval.table import Table, is_percent, short_name
 from pivotmerge.model_id import PIVOT, kind_of
 
 
+def _ends(cell) -> tuple[float, float] | None:
+    """The ends of a cell's whisker: its 95 % interval, else mean ± the std over seeds, else none."""
+    if cell.half_width is not None:
+        return cell.lo, cell.hi
+    return (cell.mean - cell.std, cell.mean + cell.std) if cell.std else None
+
+
+def _interval(ax, at: float, ends: tuple[float, float] | None, *, horizontal: bool) -> None:
+    """A whisker drawn between its own ends, not as offsets from the bar: a percentile interval of a ratio
+    (retention) need not contain the point estimate, and a mean over seeds can sit a rounding error outside
+    the pooled interval - matplotlib's error bars refuse both (negative offsets)."""
+    if ends is None:
+        return
+    line = ([ends[0], ends[1]], [at, at]) if horizontal else ([at, at], [ends[0], ends[1]])
+    ax.plot(*line, color="black", lw=0.9)
+    ax.plot(*line, "|" if horizontal else "_", color="black", ms=5)
+
+
 def plot_bars(table: Table, path: Path) -> Path:
     import matplotlib
 
@@ -20,21 +38,21 @@ def plot_bars(table: Table, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(min(18.0, max(8.0, 0.16 * len(columns) * n_models + 4)), 4.5))
     palette = plt.get_cmap("tab20" if n_models > 10 else "tab10")
     for i, model in enumerate(table.models):
-        xs, ys, errs = [], [], []
+        xs, ys, ends = [], [], []
         for j, column in enumerate(columns):
             cell = table.cell(model, column)
             if cell is None:
                 continue   # a gap, not a zero bar
             xs.append(j + (i - (n_models - 1) / 2) * width)
             ys.append(cell.mean)
-            errs.append((cell.mean - cell.lo, cell.hi - cell.mean) if cell.half_width is not None
-                        else (cell.std or 0.0, cell.std or 0.0))
+            ends.append(_ends(cell))
         # the references (pivot, experts) are muted so the merged rows stand out
         style = ({"color": "0.55"} if model == str(PIVOT) else
                  {"color": palette(i % palette.N), "alpha": 0.45} if kind_of(model) == "expert" else
                  {"color": palette(i % palette.N)})
-        yerr = [[e[0] for e in errs], [e[1] for e in errs]] if any(any(e) for e in errs) else None
-        ax.bar(xs, ys, width=width, yerr=yerr, label=model, capsize=2, **style)
+        ax.bar(xs, ys, width=width, label=model, **style)
+        for x, span in zip(xs, ends):
+            _interval(ax, x, span, horizontal=False)
     ax.set_xticks(range(len(columns)))
     ax.set_xticklabels([short_name(c) for c in columns], rotation=30, ha="right")
     ax.set_ylabel("score (%)")
@@ -62,8 +80,8 @@ def plot_retention(table: Table, path: Path) -> Path | None:
     for y, model in enumerate(models):
         cell = table.retention[model]
         color = "0.6" if kind_of(model) != "merge" else ("tab:red" if model == table.reference else "tab:blue")
-        xerr = [[cell.mean - cell.lo], [cell.hi - cell.mean]] if cell.half_width is not None else None
-        ax.barh(y, cell.mean, xerr=xerr, color=color, alpha=0.8, capsize=3)
+        ax.barh(y, cell.mean, color=color, alpha=0.8)
+        _interval(ax, y, _ends(cell), horizontal=True)
         for source in table.in_source:
             dot = table.retention_by_source.get((model, source))
             if dot is not None:

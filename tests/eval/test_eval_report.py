@@ -64,6 +64,29 @@ def test_report_files_and_store_lookup(tmp_path):
     assert paths["tex"].read_text().startswith("\\begin{tabular}") and "\\toprule" in paths["tex"].read_text()
 
 
+def test_plots_draw_intervals_that_leave_out_their_point_estimate(tmp_path):
+    """A percentile interval of a ratio can leave out its point estimate, and a mean over seeds can sit a
+    rounding error outside the pooled interval (a 2-seed regime map stopped on `'xerr' must not contain
+    negative values`): the plots draw such whiskers between their own ends instead of failing."""
+    import dataclasses
+
+    from eval.plots import plot_bars, plot_retention
+
+    table = build_table(known_rows())
+    retained = [m for m in table.models if table.retention.get(m) is not None and m != "pivot"]
+    assert len(retained) >= 2
+    first, second = (table.retention[m] for m in retained[:2])
+    table.summaries["Retention"][retained[0]] = dataclasses.replace(first, lo=first.mean - 5,
+                                                                    hi=first.mean - 1e-12)
+    table.summaries["Retention"][retained[1]] = dataclasses.replace(second, lo=second.mean + 3,
+                                                                    hi=second.mean + 9)
+    bench = table.benchmarks[0]
+    model = next(m for m in table.models if (m, bench) in table.cells)
+    table.cells[(model, bench)] = dataclasses.replace(table.cells[(model, bench)], lo=1.0, hi=2.0)
+    assert plot_retention(table, tmp_path / "retention.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_bars(table, tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_wandb_offline_run_holds_the_table_and_says_where(tmp_path, capsys, monkeypatch):
     from pivotmerge.wandb_logging import configure_wandb_env, log_report_run
 
