@@ -1,18 +1,23 @@
 """Planning an evaluation: which tasks (the pool of `eval.suite`), which models, under which cache keys.
 
-An evaluation's cache key hashes the projector artifact's key, the suite's key, the selected tasks, the eval
-settings that change numbers (`settings`) and the model parts the projector feeds; a sweep re-evaluates only
-new projectors. Nothing is evaluated here.
+An evaluation's cache key hashes the weights it reads (`weights_digest`: the projector file's SHA-256, and the
+LLM adapters' where a model has them), the suite's key, the selected tasks, the eval settings that change
+numbers (`settings`) and the model parts the projector feeds. Keyed by weights, not by how they were made: a
+sweep re-evaluates only new projectors, and two models with identical weights (a merge that keeps its pivot,
+two readings of a method that coincide) share one evaluation. Nothing is evaluated here.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from eval.suite import TaskSet, make_pool
-from pivotmerge.artifacts import Artifact, content_key
+from pivotmerge.artifacts import MANIFEST, Artifact, content_key
 from pivotmerge.errors import ConfigError
 from pivotmerge.model_id import kind_of, name_of
 
@@ -80,6 +85,20 @@ def job_tasks(cfg, model: str, tasks: TaskSet) -> list[str]:
     return own or list(tasks.names)   # a pool without per-source tasks (lmms-eval's own): everything
 
 
+def weights_digest(artifact: Artifact) -> str:
+    """SHA-256 over what an evaluation reads of a model's entry - its projector and, for a model tuned with
+    `sft.llm=lora`, its LoRA adapters - taken from the entry's manifest (written when it was committed)."""
+    from pivotmerge.pipeline.sft_lora import LORA_FILE
+    from pivotmerge.pipeline.train import PROJECTOR_FILE
+
+    files = json.loads((Path(artifact.path) / MANIFEST).read_text())["files"]
+    if PROJECTOR_FILE not in files:
+        raise ConfigError(f"{artifact.stage} entry {artifact.path} has no {PROJECTOR_FILE} in its manifest: "
+                          "delete the folder and run again")
+    read = {name: files[name]["sha256"] for name in (PROJECTOR_FILE, LORA_FILE) if name in files}
+    return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def plan(ctx) -> EvalPlan:
     """Every model of `ctx.models()` on the pool's selected tasks (the embedded suite is built or reused here)."""
     cfg = ctx.cfg
@@ -100,7 +119,7 @@ def plan(ctx) -> EvalPlan:
     jobs = []
     for model, artifact in models.items():
         names = job_tasks(cfg, model, tasks)
-        spec = {"projector": artifact.key, "suite": tasks.key, "tasks": names, "eval": settings,
+        spec = {"weights": weights_digest(artifact), "suite": tasks.key, "tasks": names, "eval": settings,
                 "model": model_parts}
         jobs.append(Job(model, names, artifact, content_key("eval", spec), spec))
     batch_size = int(cfg.eval.batch_size)

@@ -39,7 +39,7 @@ def run(ctx) -> None:
 
 def evaluate(ctx, planned: EvalPlan) -> dict[str, Outcome]:
     """Evaluate and cache every job without a cache entry; its outcome by job key (reused jobs have none)."""
-    pending = [job for job in planned.jobs if not ctx.store.exists("eval", job.key)]
+    pending = [job for job in unique_keys(planned.jobs) if not ctx.store.exists("eval", job.key)]
     if planned.workers > 1 and len(pending) > 1:
         finished = evaluate_in_workers(ctx, planned, longest_first(pending), min(planned.workers, len(pending)))
     else:
@@ -50,6 +50,12 @@ def evaluate(ctx, planned: EvalPlan) -> dict[str, Outcome]:
             ctx.store.entry("eval", job.spec, functools.partial(write_results, results))
         outcomes[job.key] = outcome
     return outcomes
+
+
+def unique_keys(jobs: list[Job]) -> list[Job]:
+    """The first job of each evaluation key: models with identical weights are evaluated once."""
+    seen = set()
+    return [job for job in jobs if not (job.key in seen or seen.add(job.key))]
 
 
 def longest_first(jobs: list[Job]) -> list[Job]:
@@ -73,6 +79,7 @@ def record(ctx, planned: EvalPlan, outcomes: dict[str, Outcome]) -> None:
     results_dir = Path(ctx.output_dir) / RESULTS_DIR
     (results_dir / "lmms").mkdir(parents=True, exist_ok=True)
     evaluated, scores = {}, {}    # model -> its evaluation's cache entry, its primary values (for W&B)
+    first = {}                    # evaluation key -> the first model recorded with it
     for job in planned.jobs:
         started = time.perf_counter()
         outcome = outcomes.get(job.key)
@@ -81,6 +88,9 @@ def record(ctx, planned: EvalPlan, outcomes: dict[str, Outcome]) -> None:
                   "its cells stay empty in the report", flush=True)
             ctx.log.add("eval", job.model, None, outcome.seconds, f"skipped: {outcome.skipped}")
             continue
+        twin = first.setdefault(job.key, job.model)
+        if twin != job.model:
+            outcome = None        # the same evaluation as `twin`'s: made (and timed) once
         folder = store.verify("eval", job.key)
         results = json.loads((folder / RESULTS_FILE).read_text())
         items = json.loads((folder / ITEMS_FILE).read_text())
@@ -91,8 +101,9 @@ def record(ctx, planned: EvalPlan, outcomes: dict[str, Outcome]) -> None:
         scores[job.model] = {r["benchmark"]: r["value"] for r in rows if r["primary"]}
         evaluated[job.model] = Artifact("eval", job.key, folder, reused=outcome is None)
         seconds = outcome.seconds if outcome is not None else time.perf_counter() - started
+        note = json.dumps({bench: round(value, 3) for bench, value in scores[job.model].items()})
         ctx.log.add("eval", job.model, evaluated[job.model], seconds,
-                    json.dumps({bench: round(value, 3) for bench, value in scores[job.model].items()}))
+                    note if twin == job.model else f"same weights as {twin}: {note}")
     (results_dir / "suite.json").write_text(json.dumps({"suite": planned.tasks.key, "tasks": planned.tasks.meta},
                                                        indent=2))
     ctx.evaluations = {"models": {job.model: job.projector for job in planned.jobs}, "evaluated": evaluated,

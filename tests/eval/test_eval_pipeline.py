@@ -2,6 +2,7 @@
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 
 from eval.documents import SuiteSource, build_documents, planned_task_names
 from eval.suite import EmbeddedSuite, load_suite, make_pool, write_suite
+from pivotmerge.artifacts import Artifact
 from pivotmerge.errors import ConfigError
 from tests.helpers import CONF
 
@@ -226,6 +228,36 @@ def test_eval_stage_and_report_end_to_end(tmp_path, tiny_mllm, tiny_model_cfg, m
     ctx2.cfg.report.only = True
     report.run(ctx2)
     assert (ctx2.output_dir / "report" / "table.md").read_text() == md
+
+
+def test_models_with_identical_weights_share_one_evaluation(tmp_path, tiny_mllm, tiny_model_cfg, monkeypatch):
+    """The eval key is the weights' digest: a merge that returns its pivot's weights (another entry, another
+    key) is evaluated once and recorded under both names with the same numbers; other weights are not."""
+    from eval import evaluate as evaluate_module
+    from eval import stage
+    from eval.plan import plan
+
+    ctx = make_context(tmp_path, tiny_mllm, tiny_model_cfg)
+    ctx.cfg.eval.tasks = ["pm_cls_digits"]
+    ctx.merged.pop("broken")
+    staging = ctx.store.begin("merge", "m2")
+    shutil.copy2(ctx.pivot.path / "projector.safetensors", staging / "projector.safetensors")
+    ctx.merged["keeps_pivot"] = Artifact("merge", "m2", ctx.store.commit("merge", "m2", {"k": "m2"}), False)
+    evaluated = []
+    real = evaluate_module.evaluate_model
+    monkeypatch.setattr(evaluate_module, "evaluate_model",
+                        lambda adapter, *args: evaluated.append(adapter) or real(adapter, *args))
+    jobs = {job.model: job.key for job in plan(ctx).jobs}
+    assert jobs["pivot"] == jobs["merge:keeps_pivot"] != jobs["merge:average"]
+    stage.run(ctx)
+    assert len(evaluated) == 2                                    # pivot (and its twin), average
+    log = {r["name"]: r for r in ctx.log.rows if r["stage"] == "eval"}
+    assert log["pivot"]["status"] == "ran" and log["merge:keeps_pivot"]["status"] == "reused"
+    assert log["merge:keeps_pivot"]["note"].startswith("same weights as pivot")
+    rows = [json.loads(line) for line in (ctx.output_dir / "results" / "results.jsonl").read_text().splitlines()]
+    values = {m: sorted((r["benchmark"], r["metric"], r["value"]) for r in rows if r["model"] == m)
+              for m in ("pivot", "merge:keeps_pivot")}
+    assert values["pivot"] == values["merge:keeps_pivot"] and values["pivot"]
 
 
 def test_unknown_benchmark_name_is_a_config_error(tmp_path, tiny_mllm, tiny_model_cfg):
