@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STORES = ROOT / "docs" / "stores"
 # what experiments/results_doc.py and eval/regime_map.py read from a run folder, and the stage timings
 KEPT = (".hydra/config.yaml", "**/results/results.jsonl", "**/val_check_seed*.json", "**/selection_seed*.json",
-        "**/heldout_loss.md", "**/stages.json")
+        "**/heldout_loss.md", "**/stages.json", "regime_times.json")
 SKIPPED_DIRS = {"wandb", "wandb-cache", ".cache"}
 MAX_FILE_BYTES = 5_000_000   # a store larger than this is not a store: refuse rather than bloat git
 

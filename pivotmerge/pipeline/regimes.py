@@ -10,6 +10,7 @@ newest run folder of the experiment that has regimes.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -63,11 +64,26 @@ def run_regimes(cfg, run_one):
                 one.seed, one.seeds = seed, None
                 if seed not in ablated:
                     one.merge_variants = {}
+            regime_started = time.perf_counter()
             ctx = run_one(one, mllm=mllm)
             mllm = ctx._mllm
+            record_time(output_dir, name, seed, time.perf_counter() - regime_started)
             write_map(cfg, output_dir, list(configs))
     print(f"\nregimes: {len(configs)} x {len(seeds)} seed(s) in {time.perf_counter() - started:.0f}s", flush=True)
     return ctx
+
+
+TIMES_FILE = "regime_times.json"
+
+
+def record_time(output_dir: Path, name: str, seed: int, seconds: float) -> None:
+    """Wall seconds of each regime x seed of this run folder, in `regime_times.json` (a resumed run has its
+    own folder: there a regime's time is what was left to do): the map's budget, measured."""
+    path = Path(output_dir) / TIMES_FILE
+    times = json.loads(path.read_text()) if path.is_file() else []
+    times.append({"regime": name, "seed": int(seed), "seconds": round(seconds, 1)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(times, indent=2))
 
 
 def ablation_seeds(cfg, seeds: list[int]) -> list[int]:

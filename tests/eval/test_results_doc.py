@@ -288,12 +288,13 @@ def test_an_archived_run_regenerates_the_doc_without_its_outputs_folder(tmp_path
     (folder / "results" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _regime_rows(0.0)))
     losses = {"pivot": {"caption": 0.5, "kway": 1.0}, "merge:pivotmerge": {"caption": 0.4, "kway": 0.5}}
     (folder / "val_check_seed0.json").write_text(json.dumps({"losses": losses}))
+    (run / "regime_times.json").write_text("[]")
     (folder / "wandb").mkdir()
     (folder / "wandb" / "stages.json").write_text("{}")
     stores = tmp_path / "stores"
     target = archive(run, stores)
     kept = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert kept == [".hydra/config.yaml", "regimes/chance/results/results.jsonl",
+    assert kept == [".hydra/config.yaml", "regime_times.json", "regimes/chance/results/results.jsonl",
                     "regimes/chance/val_check_seed0.json"]
     shutil.rmtree(tmp_path / "outputs")
     doc = tmp_path / "docs" / "results.md"

@@ -182,6 +182,9 @@ def test_ablation_seeds_run_the_variants_on_the_first_seeds_only(tmp_path, tiny_
 
     regimes.run_regimes(cfg, run_one)
     assert ran == [(r, s, expected[s]) for s in (0, 1) for r in ("a", "b")]
+    times = json.loads((Path(cfg.paths.output_dir) / regimes.TIMES_FILE).read_text())   # the budget, measured
+    assert [(t["regime"], t["seed"]) for t in times] == [(r, s) for s in (0, 1) for r in ("a", "b")]
+    assert all(t["seconds"] >= 0 for t in times)
 
 
 def test_a_bad_ablation_seeds_is_one_line(tmp_path, tiny_model_cfg):
