@@ -8,11 +8,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
-.PHONY: setup run test test-fast bench table lock clean-cache help
+.PHONY: setup run map test test-fast bench table lock clean-cache help
 
 help:
 	@echo "make run    - set up, then python run.py experiment=pivotmerge_vs_ties (offline, embedded default)"
 	@echo "make test   - set up, then the whole test suite (what CI runs)"
+	@echo "make map    - set up, then python run.py experiment=regime_map (hours cold: run it in the background; resumes from the cache)"
 	@echo "make test-fast - the suite without the tests marked slow"
 	@echo "make bench  - set up, then the speed/memory benchmarks (training, merging, evaluation, CPU paths, prompt layouts)"
 	@echo "make table  - regenerate the paper table from the latest results store (runs nothing)"
@@ -37,6 +38,9 @@ $(STAMP): pyproject.toml $(LOCK) constraints.txt
 
 run: setup
 	$(PY) run.py experiment=pivotmerge_vs_ties
+
+map: setup
+	$(PY) run.py experiment=regime_map
 
 test: setup
 	$(PY) -m pytest
