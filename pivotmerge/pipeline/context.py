@@ -16,8 +16,12 @@ from pivotmerge.model_id import JOINT, PIVOT, ModelId
 class StageLog:
     rows: list[dict] = field(default_factory=list)
 
-    def add(self, stage: str, name: str, artifact: Artifact | None, seconds: float, note: str = ""):
-        status = "reused" if artifact is not None and artifact.reused else "ran"
+    def add(self, stage: str, name: str, artifact: Artifact | None, seconds: float, note: str = "",
+            reused: bool | None = None):
+        """One row; `reused` (else the artifact's own flag) for work spread over many cache entries."""
+        if reused is None:
+            reused = artifact is not None and artifact.reused
+        status = "reused" if reused else "ran"
         row = {"stage": stage, "name": name, "status": status, "seconds": round(seconds, 1),
                "key": artifact.key if artifact else None, "path": str(artifact.path) if artifact else None,
                "note": note}

@@ -337,10 +337,11 @@ def run(ctx) -> None:
 VAL_CHECK_KINDS = ("caption", "kway")
 
 
-def val_losses(ctx, inputs: MergeInputs, artifact) -> dict[str, float]:
+def val_losses(ctx, inputs: MergeInputs, artifact) -> tuple[dict[str, float], bool]:
     """The VAL losses of one stored projector on the option search's rows: the caption NLL (what the search
-    compares) and the k-way loss (what pm_cls_* scores), each cached under the projector's key."""
-    out = {}
+    compares) and the k-way loss (what pm_cls_* scores), each cached under the projector's key; and whether
+    any had to be computed."""
+    out, ran = {}, False
     for kind in VAL_CHECK_KINDS:
         spec = {"scored": artifact.key, "loss": kind, "split": "val", "per_source": int(ctx.cfg.calibration.per_source),
                 "features": {n: a.key for n, a in ctx.feature_artifacts.items()}}
@@ -350,8 +351,9 @@ def val_losses(ctx, inputs: MergeInputs, artifact) -> dict[str, float]:
             (staging / "score.json").write_text(json.dumps({"val_loss": loss_fn(ctx.projector(artifact))}))
 
         entry = ctx.store.entry("select", spec, score)
+        ran = ran or not entry.reused
         out[kind] = round(json.loads((ctx.store.verify("select", entry.key) / "score.json").read_text())["val_loss"], 5)
-    return out
+    return out, ran
 
 
 def _val_check(ctx, inputs: MergeInputs) -> None:
@@ -359,9 +361,14 @@ def _val_check(ctx, inputs: MergeInputs) -> None:
     the pivot's made the model worse than the projector it started from, before any test item is read."""
     from pivotmerge.model_id import PIVOT, ModelId
 
-    losses = {str(PIVOT): val_losses(ctx, inputs, ctx.pivot)}
+    started = time.perf_counter()
+    scored = {str(PIVOT): val_losses(ctx, inputs, ctx.pivot)}
     for name, artifact in ctx.merged.items():
-        losses[str(ModelId.merge(name))] = val_losses(ctx, inputs, artifact)
+        scored[str(ModelId.merge(name))] = val_losses(ctx, inputs, artifact)
+    losses = {model: row for model, (row, _) in scored.items()}
+    ran = any(computed for _, computed in scored.values())
+    ctx.log.add("select", "VAL check", None, time.perf_counter() - started,
+                f"{len(losses)} projectors x {len(VAL_CHECK_KINDS)} losses", reused=not ran)
     reference = losses[str(PIVOT)]
     worse = {kind: sorted(m for m, row in losses.items() if row[kind] > reference[kind])
              for kind in VAL_CHECK_KINDS}
@@ -407,7 +414,7 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
     fn = import_target(method_cfg._target_, f"merge.{name}")
     candidates = candidate_options(options, search_grid(ctx.cfg, name, fn), int(search.budget))
     loss_fn = inputs.loss()
-    table = []
+    table, started, ran = [], time.perf_counter(), False
     for candidate in candidates:
         kwargs, identity = inputs.for_method(fn, candidate)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
@@ -420,12 +427,14 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
             (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
 
         entry = ctx.store.entry("select", spec, score)
+        ran = ran or not entry.reused
         loss = json.loads((ctx.store.verify("select", entry.key) / "score.json").read_text())["val_loss"]
         table.append({"options": candidate, "val_loss": round(loss, 5)})
     best = min(table, key=lambda row: row["val_loss"])
     changed = {k: v for k, v in best["options"].items() if options.get(k) != v}
-    print(f"[  select] {name:<20} {len(table)} candidates, best val loss {best['val_loss']:.4f} {changed or ''}",
-          flush=True)
+    # the search merges and scores every candidate: for PivotMerge each is a layer search (minutes, README)
+    note = f"{len(table)} candidates, best val loss {best['val_loss']:.4f} {changed or ''}".rstrip()
+    ctx.log.add("select", name, None, time.perf_counter() - started, note, reused=not ran)
     return best["options"], table
 
 
