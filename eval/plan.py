@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from eval.suite import TaskSet, make_pool
 from pivotmerge.artifacts import MANIFEST, Artifact, content_key
-from pivotmerge.errors import ConfigError
+from pivotmerge.errors import CacheError, ConfigError
 from pivotmerge.model_id import kind_of, name_of
 
 EXPERTS_ON = ("own_source", "all")
@@ -93,8 +93,8 @@ def weights_digest(artifact: Artifact) -> str:
 
     files = json.loads((Path(artifact.path) / MANIFEST).read_text())["files"]
     if PROJECTOR_FILE not in files:
-        raise ConfigError(f"{artifact.stage} entry {artifact.path} has no {PROJECTOR_FILE} in its manifest: "
-                          "delete the folder and run again")
+        raise CacheError(f"{artifact.stage} entry {artifact.path} has no {PROJECTOR_FILE} in its manifest: "
+                         "delete the folder and run again")
     read = {name: files[name]["sha256"] for name in (PROJECTOR_FILE, LORA_FILE) if name in files}
     return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:32]
 

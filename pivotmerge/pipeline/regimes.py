@@ -19,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 from pivotmerge.errors import ConfigError
 
 REGIMES_DIR = "regimes"
+TIMES_FILE = "regime_times.json"   # wall seconds per regime x seed of a run folder (record_time)
 
 
 def regime_configs(cfg) -> dict[str, object]:
@@ -71,9 +72,6 @@ def run_regimes(cfg, run_one):
             write_map(cfg, output_dir, list(configs))
     print(f"\nregimes: {len(configs)} x {len(seeds)} seed(s) in {time.perf_counter() - started:.0f}s", flush=True)
     return ctx
-
-
-TIMES_FILE = "regime_times.json"
 
 
 def record_time(output_dir: Path, name: str, seed: int, seconds: float) -> None:
