@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import time
 
@@ -49,6 +50,32 @@ def calibration_batch(ctx, per_source: int, split: str = "val") -> dict[str, tor
     return {"features": torch.cat(features), **mllm.collate_text(texts)}
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes: equal digests, equal states."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def memoised_by_state(fn):
+    """`fn(state)` computed once per distinct state: a search meets the same state more than once (the pivot in
+    every candidate's layer search, lam=0.5 x w against lam=1 x w/2, the end point's noise test, the VAL check
+    of the chosen candidate), and one forward pass of the LLM costs ~1 s on the 2 cores; a digest ~5 ms."""
+    seen: dict[str, object] = {}
+
+    @functools.wraps(fn)
+    def memoised(state: dict[str, torch.Tensor]):
+        key = state_digest(state)
+        if key not in seen:
+            seen[key] = fn(state)
+        return seen[key]
+
+    return memoised
+
+
 def make_calibration_loss(ctx, per_source: int, split: str = "val"):
     """state dict -> mean over sources of the per-source caption loss on fixed rows of `split`.
 
@@ -59,6 +86,7 @@ def make_calibration_loss(ctx, per_source: int, split: str = "val"):
                                   for _ in range(min(per_source, feats.features[split].shape[0]))])
     mllm = ctx.mllm
 
+    @memoised_by_state
     @torch.no_grad()
     def calibration_loss(state: dict[str, torch.Tensor]) -> float:
         with projector_swapped(mllm, state):
@@ -149,6 +177,7 @@ def make_kway_loss(ctx, per_source: int, split: str):
         truth = torch.tensor([vocabulary.index(label) for label in feats.labels[split][:rows]])
         problems.append((feats.features[split][:rows], captions, truth))
 
+    @memoised_by_state
     @torch.no_grad()
     def per_row(state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Each source's rows' k-way cross-entropies (the loss is the mean over sources of their means)."""
@@ -315,15 +344,17 @@ def run(ctx) -> None:
         fn = import_target(method_cfg._target_, f"merge.{name}")
         check_options(fn, options, f"merge.{name}")
         aligned = inputs.aligned(align)
+        held = None
         if search.enabled:
-            options, table = select_options(ctx, name, method_cfg, options, search, pivot, aligned, inputs, align)
+            options, table, held = select_options(ctx, name, method_cfg, options, search, pivot, aligned, inputs,
+                                                  align)
             selections[name] = {"chosen": options, "candidates": table}
         kwargs, identity = inputs.for_method(fn, options)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in expert_names},
                 "target": method_cfg._target_, "options": options, **identity,
                 **({ALIGN_KEY: align} if align != "none" else {})}
         ctx.merged[name] = ctx.produce("merge", name, ctx.store.entry, "merge", spec, functools.partial(
-            _merge_into, name, fn, kwargs, options, pivot, aligned, expert_names, align))
+            _merge_into, name, fn, kwargs, options, pivot, aligned, expert_names, align, held=held))
     if selections:
         path = ctx.output_dir / f"selection_seed{int(cfg.seed)}.json"
         path.write_text(json.dumps(selections, indent=2, default=str))
@@ -393,13 +424,30 @@ def _connectivity(ctx, pivot, experts: dict, inputs: MergeInputs) -> None:
     shutil.copy2(artifact.path / "lmc.json", folder / f"loss_barriers{suffix}.json")
 
 
-def _merge_into(name, fn, kwargs, options, pivot, experts, expert_names, align: str, staging) -> None:
-    from pivotmerge.merging.diagnostics import collect, write_diagnostics
+@dataclasses.dataclass
+class HeldMerge:
+    """A merge the option search already computed (its projector, diagnostics and merge time), so that the
+    chosen candidate is not merged a second time: for PivotMerge each merge is a layer search (minutes)."""
+    options: dict
+    merged: dict
+    diagnostics: dict
+    seconds: float
 
+
+def _merged(fn, kwargs, options, pivot, experts) -> HeldMerge:
     started = time.perf_counter()
     diagnostics: dict = {}
     merged = merge(fn, pivot, experts, options, **kwargs, diagnostics=diagnostics)
-    seconds = time.perf_counter() - started
+    return HeldMerge(dict(options), merged, diagnostics, time.perf_counter() - started)
+
+
+def _merge_into(name, fn, kwargs, options, pivot, experts, expert_names, align: str, staging,
+                held: HeldMerge | None = None) -> None:
+    from pivotmerge.merging.diagnostics import collect, write_diagnostics
+
+    if held is None or held.options != options:
+        held = _merged(fn, kwargs, options, pivot, experts)
+    merged, diagnostics, seconds = held.merged, held.diagnostics, held.seconds
     save_file({k: v.contiguous() for k, v in merged.items()}, str(staging / PROJECTOR_FILE))
     collect(pivot, experts, merged, diagnostics)
     diagnostics["experts"] = expert_names
@@ -410,11 +458,13 @@ def _merge_into(name, fn, kwargs, options, pivot, experts, expert_names, align: 
 
 
 def select_options(ctx, name, method_cfg, options, search, pivot, experts, inputs: MergeInputs, align: str):
-    """Pick the options with the lowest VAL caption loss among `budget` candidates (cached per candidate)."""
+    """Pick the options with the lowest VAL caption loss among `budget` candidates (cached per candidate);
+    also the chosen candidate's merge when this search computed it (else None)."""
     fn = import_target(method_cfg._target_, f"merge.{name}")
     candidates = candidate_options(options, search_grid(ctx.cfg, name, fn), int(search.budget))
     loss_fn = inputs.loss()
     table, started, ran = [], time.perf_counter(), False
+    held: dict[int, HeldMerge] = {}   # the best computed candidate so far, by its row in `table`
     for candidate in candidates:
         kwargs, identity = inputs.for_method(fn, candidate)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
@@ -422,20 +472,25 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
                 "features": {n: a.key for n, a in ctx.feature_artifacts.items()}, **identity,
                 **({ALIGN_KEY: align} if align != "none" else {})}
 
-        def score(staging, fn=fn, kwargs=kwargs, candidate=candidate):
-            loss = loss_fn(merge(fn, pivot, experts, candidate, **kwargs))
+        computed: list[HeldMerge] = []
+
+        def score(staging, fn=fn, kwargs=kwargs, candidate=candidate, computed=computed):
+            computed.append(_merged(fn, kwargs, candidate, pivot, experts))
+            loss = loss_fn(computed[-1].merged)
             (staging / "score.json").write_text(json.dumps({"val_loss": loss}))
 
         entry = ctx.store.entry("select", spec, score)
         ran = ran or not entry.reused
         loss = json.loads((ctx.store.verify("select", entry.key) / "score.json").read_text())["val_loss"]
         table.append({"options": candidate, "val_loss": round(loss, 5)})
+        if computed and all(table[-1]["val_loss"] < table[i]["val_loss"] for i in range(len(table) - 1)):
+            held = {len(table) - 1: computed[-1]}   # min() below keeps the first of equal losses: so does this
     best = min(table, key=lambda row: row["val_loss"])
     changed = {k: v for k, v in best["options"].items() if options.get(k) != v}
     # the search merges and scores every candidate: for PivotMerge each is a layer search (minutes, README)
     note = f"{len(table)} candidates, best val loss {best['val_loss']:.4f} {changed or ''}".rstrip()
     ctx.log.add("select", name, None, time.perf_counter() - started, note, reused=not ran)
-    return best["options"], table
+    return best["options"], table, held.get(table.index(best))
 
 
 STAGE = Stage("merge", run, needs=("experts",), produces={"merged": dict, "merge_experts": list},

@@ -127,3 +127,24 @@ def test_the_end_point_test_has_the_last_word_on_the_layer_search():
     assert record["refused"]["weights"] == {"a": 1.0, "b": 1.0}
     assert abs(record["refused"]["gain"] - 0.015) < 1e-9 and record["refused"]["se"] > 0.1
     assert record["merged_loss"] == record["pivot_loss"]
+
+
+def test_the_calibration_losses_are_computed_once_per_distinct_state():
+    """memoised_by_state keys on the state's contents (names, dtypes, shapes, bytes), not on the dict object:
+    an equal state rebuilt elsewhere is a hit, a change of one value, dtype or name is a miss."""
+    from pivotmerge.pipeline.merge import memoised_by_state, state_digest
+
+    counted = _counted(lambda s: float(sum(v.double().sum() for v in s.values())))
+    loss = memoised_by_state(counted)
+    state = {"fc1.weight": torch.arange(6.0).reshape(2, 3), "fc1.bias": torch.zeros(2)}
+    assert loss(state) == loss({k: v.clone() for k, v in state.items()}) == 15.0
+    assert len(counted.calls) == 1
+    changed = {**state, "fc1.bias": torch.tensor([0.0, 1e-7])}
+    renamed = {"fc2.weight" if k == "fc1.weight" else k: v for k, v in state.items()}
+    recast = {k: v.double() for k, v in state.items()}
+    digests = {state_digest(s) for s in (state, changed, renamed, recast)}
+    assert len(digests) == 4
+    for other in (changed, renamed, recast):
+        loss(other)
+    assert len(counted.calls) == 4
+    assert state_digest({"b": torch.ones(2, dtype=torch.bfloat16)}) != state_digest({"b": torch.ones(2)})

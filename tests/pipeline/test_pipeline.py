@@ -138,15 +138,26 @@ def test_run_py_reports_unknown_config_name_without_traceback():
     assert "embedded" in result.stderr  # lists the available options
 
 
-def test_merge_stage_selection_and_reuse(first_run, tiny_model_cfg):
+def test_merge_stage_selection_and_reuse(first_run, tiny_model_cfg, monkeypatch):
+    import pivotmerge.pipeline.merge as merge_stage
+    from pivotmerge.merging.call import merge
+
     tmp, _, _ = first_run
     overrides = ["stages=[data,features,pivot,experts,merge]", "merge=[ties,pivotmerge]",
                  "merge.pivotmerge.alm=data", "merge.pivotmerge.consensus=joint", "calibration.per_source=4",
                  "merge_search.enabled=true",
                  "merge_search.budget=2", "+merge_search.grids.ties.density=[0.5]",
                  "+merge_search.grids.pivotmerge.rank_ratio=[0.25]"]
+    calls = []
+    monkeypatch.setattr(merge_stage, "merge", lambda *a, **k: calls.append(a[3]) or merge(*a, **k))
     ctx = run(compose_cfg(tmp, tiny_model_cfg, overrides))
     assert set(ctx.merged) == {"ties", "pivotmerge"}
+    # every candidate is merged once, the chosen one included: the stored merge is the search's own
+    assert len(calls) == 4
+    chosen = json.loads((Path(ctx.output_dir) / "selection_seed0.json").read_text())["ties"]["chosen"]
+    fresh = merge("ties", ctx.projector(ctx.pivot), [ctx.projector(a) for a in ctx.experts.values()], chosen)
+    stored = ctx.projector(ctx.merged["ties"])
+    assert all(torch.equal(stored[k], fresh[k]) for k in fresh)
     for artifact in ctx.merged.values():
         assert (artifact.path / "projector.safetensors").is_file()
         diag = json.loads((artifact.path / "diagnostics" / "diagnostics.json").read_text())
