@@ -464,7 +464,7 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
     candidates = candidate_options(options, search_grid(ctx.cfg, name, fn), int(search.budget))
     loss_fn = inputs.loss()
     table, started, ran = [], time.perf_counter(), False
-    held: dict[int, HeldMerge] = {}   # the best computed candidate so far, by its row in `table`
+    best, held = None, None   # the lowest VAL loss so far (the first of equal ones), and its merge if computed here
     for candidate in candidates:
         kwargs, identity = inputs.for_method(fn, candidate)
         spec = {"pivot": ctx.pivot.key, "experts": {n: ctx.experts[n].key for n in ctx.merge_experts},
@@ -483,14 +483,13 @@ def select_options(ctx, name, method_cfg, options, search, pivot, experts, input
         ran = ran or not entry.reused
         loss = json.loads((ctx.store.verify("select", entry.key) / "score.json").read_text())["val_loss"]
         table.append({"options": candidate, "val_loss": round(loss, 5)})
-        if computed and all(table[-1]["val_loss"] < table[i]["val_loss"] for i in range(len(table) - 1)):
-            held = {len(table) - 1: computed[-1]}   # min() below keeps the first of equal losses: so does this
-    best = min(table, key=lambda row: row["val_loss"])
+        if best is None or table[-1]["val_loss"] < best["val_loss"]:
+            best, held = table[-1], (computed[-1] if computed else None)
     changed = {k: v for k, v in best["options"].items() if options.get(k) != v}
     # the search merges and scores every candidate: for PivotMerge each is a layer search (minutes, README)
     note = f"{len(table)} candidates, best val loss {best['val_loss']:.4f} {changed or ''}".rstrip()
     ctx.log.add("select", name, None, time.perf_counter() - started, note, reused=not ran)
-    return best["options"], table, held.get(table.index(best))
+    return best["options"], table, held
 
 
 STAGE = Stage("merge", run, needs=("experts",), produces={"merged": dict, "merge_experts": list},
